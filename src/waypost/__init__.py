@@ -1,0 +1,1 @@
+"""waypost: an L7 waypoint for ambient service meshes."""

@@ -1,0 +1,322 @@
+"""YAML files and directories → typed resources, with every error located at file:line, resource and field.
+
+Each document is validated on its own: one bad resource is reported and skipped, the others still load
+(the caller decides whether any error should stop it, as `waypost up` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from . import core, gateway, networking
+from .diagnostics import Diagnostic, error, warning
+from .meta import Resource, Source
+
+# Kinds waypost implements, by (group, kind).
+KINDS: dict[tuple[str, str], type[Resource]] = {
+    (cls.GROUP, cls.KIND): cls
+    for cls in (
+        core.Namespace,
+        core.ServiceAccount,
+        core.Service,
+        core.Pod,
+        core.Deployment,
+        gateway.GatewayClass,
+        gateway.Gateway,
+        gateway.HTTPRoute,
+        networking.WorkloadEntry,
+    )
+}
+
+# Kinds a later release enforces. Refusing them is the safe choice: an AuthorizationPolicy that loads but
+# is not enforced would let through traffic the user meant to deny.
+NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
+    ("security.istio.io", "AuthorizationPolicy"): "security",
+    ("security.istio.io", "RequestAuthentication"): "security",
+    ("security.istio.io", "PeerAuthentication"): "security",
+    ("extensions.istio.io", "WasmPlugin"): "extension",
+    ("extensions.istio.io", "TrafficExtension"): "extension",
+    ("networking.istio.io", "EnvoyFilter"): "extension",
+    ("networking.istio.io", "ServiceEntry"): "networking",
+    ("networking.istio.io", "VirtualService"): "networking",
+    ("networking.istio.io", "DestinationRule"): "networking",
+    ("networking.istio.io", "Sidecar"): "networking",
+    ("networking.istio.io", "WorkloadGroup"): "networking",
+    ("telemetry.istio.io", "Telemetry"): "telemetry",
+    ("gateway.networking.k8s.io", "GRPCRoute"): "routing",
+    ("gateway.networking.k8s.io", "TCPRoute"): "routing",
+    ("gateway.networking.k8s.io", "TLSRoute"): "routing",
+    ("gateway.networking.k8s.io", "UDPRoute"): "routing",
+    ("gateway.networking.k8s.io", "ReferenceGrant"): "routing",
+    ("gateway.networking.k8s.io", "BackendTLSPolicy"): "routing",
+}
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class LoadResult:
+    resources: list[Resource] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity.value == "Error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity.value == "Warning"]
+
+    def extend(self, other: "LoadResult") -> None:
+        self.resources.extend(other.resources)
+        self.diagnostics.extend(other.diagnostics)
+
+
+def manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnostic]]:
+    """Expands files and directories (recursively, sorted) into manifest files."""
+    files: list[Path] = []
+    problems: list[Diagnostic] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(error(str(path), 0, "no such file or directory"))
+    return files, problems
+
+
+def load_paths(paths: Sequence[Path | str]) -> LoadResult:
+    files, problems = manifest_files(Path(p) for p in paths)
+    result = LoadResult(diagnostics=problems)
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            result.diagnostics.append(error(str(file), 0, f"cannot read: {exc}"))
+            continue
+        result.extend(load_text(text, str(file)))
+    result.diagnostics.extend(_duplicates(result.resources))
+    result.resources = _dedupe(result.resources)
+    return result
+
+
+def load_text(text: str, filename: str = "<stdin>") -> LoadResult:
+    result = LoadResult()
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        result.diagnostics.append(error(filename, line, f"YAML syntax error: {problem}"))
+        return result
+    for node in nodes:
+        if node is None:
+            continue
+        result.extend(_load_document(node, filename))
+    return result
+
+
+def _load_document(node: yaml.Node, filename: str) -> LoadResult:
+    result = LoadResult()
+    line = node.start_mark.line + 1
+    lines: dict[tuple[Any, ...], int] = {}
+    try:
+        data = _to_python(node, (), lines)
+    except _DocumentError as exc:
+        result.diagnostics.append(error(filename, exc.line, exc.message))
+        return result
+    if data is None:
+        return result
+    if not isinstance(data, dict):
+        result.diagnostics.append(error(filename, line, "a manifest must be a mapping with apiVersion and kind"))
+        return result
+    if data.get("kind") == "List" and isinstance(data.get("items"), list):
+        for index, item_node in enumerate(_items_nodes(node)):
+            result.extend(_load_document(item_node, filename))
+        return result
+
+    kind = data.get("kind")
+    api_version = data.get("apiVersion")
+    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    where = {
+        "kind": kind if isinstance(kind, str) else "",
+        "namespace": str(meta.get("namespace") or ""),
+        "name": str(meta.get("name") or ""),
+    }
+    for required in ("apiVersion", "kind"):
+        if not isinstance(data.get(required), str) or not data.get(required):
+            result.diagnostics.append(
+                error(filename, line, "required field is missing or not a string", field=required, **where)
+            )
+    if result.diagnostics:
+        return result
+    group, _, version = api_version.rpartition("/")
+    cls = KINDS.get((group, kind))
+    if cls is None:
+        area = NOT_SUPPORTED_YET.get((group, kind))
+        if area is not None:
+            result.diagnostics.append(
+                error(
+                    filename,
+                    line,
+                    f"{kind} ({group}) is not supported yet; waypost refuses it rather than ignoring it",
+                    **where,
+                )
+            )
+        else:
+            result.diagnostics.append(
+                warning(filename, line, f"unknown kind {api_version} {kind}: skipped", **where)
+            )
+        return result
+    if version not in cls.VERSIONS:
+        supported = ", ".join(f"{group}/{v}" if group else v for v in cls.VERSIONS)
+        result.diagnostics.append(
+            error(
+                filename,
+                lines.get(("apiVersion",), line),
+                f"unsupported apiVersion {api_version!r} for {kind} (supported: {supported})",
+                field="apiVersion",
+                **where,
+            )
+        )
+        return result
+    if not cls.NAMESPACED and meta.get("namespace"):
+        data = {**data, "metadata": {k: v for k, v in meta.items() if k != "namespace"}}
+    try:
+        resource = cls.model_validate({**data, "source": Source(file=filename, line=line)})
+    except ValidationError as exc:
+        for problem in exc.errors():
+            loc = tuple(problem["loc"])
+            field_path = _render_path(loc)
+            result.diagnostics.append(
+                error(
+                    filename,
+                    _line_for(lines, loc, line),
+                    _message(problem),
+                    field=field_path,
+                    **where,
+                )
+            )
+        return result
+    result.resources.append(resource)
+    return result
+
+
+class _DocumentError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+    """Constructs plain data from a composed node, recording the line of every key and list item."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _DocumentError(key_node.start_mark.line + 1, "YAML merge keys ('<<') are not supported")
+            key = _scalar(key_node)
+            if not isinstance(key, str):
+                raise _DocumentError(key_node.start_mark.line + 1, f"mapping key {key!r} is not a string")
+            if key in out:
+                raise _DocumentError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, path + (key,), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, path + (i,), lines) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _items_nodes(node: yaml.Node) -> list[yaml.Node]:
+    for key_node, value_node in node.value:
+        if _scalar(key_node) == "items" and isinstance(value_node, yaml.SequenceNode):
+            return list(value_node.value)
+    return []
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...], default: int) -> int:
+    # The deepest prefix of the error location that exists in the document (a missing field points at its parent).
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return default
+
+
+def _render_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "int")):
+            continue  # pydantic union branch names, not user fields
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(problem: dict[str, Any]) -> str:
+    kind = problem.get("type", "")
+    msg = str(problem.get("msg", "invalid value"))
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind not in ("value_error", "assertion_error") and "input" in problem and not isinstance(
+        problem["input"], (dict, list)
+    ):
+        msg = f"{msg} (got {problem['input']!r})"
+    return msg
+
+
+def _dedupe(resources: list[Resource]) -> list[Resource]:
+    seen: set[tuple[str, str, str]] = set()
+    out: list[Resource] = []
+    for r in resources:
+        if r.key not in seen:
+            seen.add(r.key)
+            out.append(r)
+    return out
+
+
+def _duplicates(resources: list[Resource]) -> list[Diagnostic]:
+    first: dict[tuple[str, str, str], Resource] = {}
+    out: list[Diagnostic] = []
+    for r in resources:
+        if r.key in first:
+            prev = first[r.key]
+            out.append(
+                error(
+                    r.source.file,
+                    r.source.line,
+                    f"defined twice; first at {prev.source.file}:{prev.source.line}",
+                    kind=r.KIND,
+                    namespace=r.namespace if r.NAMESPACED else "",
+                    name=r.name,
+                )
+            )
+        else:
+            first[r.key] = r
+    return out

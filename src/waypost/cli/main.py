@@ -1,0 +1,220 @@
+"""`waypost` command line: a thin shell over api, mesh and local. Rendering lives here only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from waypost.api import load_paths
+from waypost.local.state import StateDir, pid_alive, resolve_state_dir
+
+from . import render
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="waypost: an L7 waypoint for ambient meshes, on loopback.")
+
+StateOpt = typer.Option(None, "--state-dir", help="State directory of the mesh (default ./.waypost, or $WAYPOST_STATE_DIR).")
+
+
+def _state(state_dir: Optional[str]) -> StateDir:
+    return StateDir(resolve_state_dir(state_dir))
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _privileged_ports_problem(paths: list[str]) -> str | None:
+    """Service ports below 1024 need root (or a lowered net.ipv4.ip_unprivileged_port_start)."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        start = 1024
+    from waypost.api.core import Service
+
+    low = sorted(
+        {(r.ref, p.port) for r in load_paths(paths).resources if isinstance(r, Service) for p in r.spec.ports if p.port < start}
+    )
+    if not low:
+        return None
+    listed = ", ".join(f"{ref}:{port}" for ref, port in low[:5])
+    return (
+        f"service ports below {start} need root: {listed}. Run as root, or allow them with "
+        f"'sysctl net.ipv4.ip_unprivileged_port_start=0'."
+    )
+
+
+@app.command()
+def up(
+    filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory (repeatable)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background; exit once everything is ready."),
+    state_dir: Optional[str] = StateOpt,
+    concurrency: int = typer.Option(1, "--concurrency", help="Worker threads per Envoy."),
+) -> None:
+    """Start a local ambient mesh from the manifests."""
+    state = _state(state_dir)
+    running = state.supervisor_pid()
+    if running:
+        _fail(f"a mesh is already running from {state.root} (pid {running}); run 'waypost down' first")
+    result = load_paths(filename)
+    for d in result.warnings:
+        typer.echo(d.render(), err=True)
+    if result.errors:
+        for d in result.errors:
+            typer.echo(d.render(), err=True)
+        _fail(f"{len(result.errors)} invalid resource(s); nothing was started")
+    problem = _privileged_ports_problem(filename)
+    if problem:
+        _fail(problem)
+    paths = [str(Path(f).absolute()) for f in filename]
+    state.ensure()
+    state.state_file.unlink(missing_ok=True)
+    if detach:
+        _up_detached(state, paths, concurrency)
+        return
+    from waypost.local.supervisor import Supervisor
+
+    supervisor = Supervisor(state, paths, concurrency=concurrency, on_ready=lambda s: _print_ready(s, foreground=True))
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    code = supervisor.run()
+    final = state.read_state() or {}
+    if code != 0:
+        for line in final.get("errors", []):
+            typer.echo(line, err=True)
+    raise typer.Exit(code)
+
+
+def _print_ready(state: dict[str, Any], foreground: bool) -> None:
+    typer.echo(render.services_table(state))
+    if foreground:
+        typer.echo("\nmesh is ready; press Ctrl-C to stop it")
+
+
+def _up_detached(state: StateDir, paths: list[str], concurrency: int) -> None:
+    argv = [sys.executable, "-m", "waypost.local.supervisor", "--state-dir", str(state.root), "--concurrency", str(concurrency)]
+    for p in paths:
+        argv += ["-f", p]
+    with open(state.logs / "supervisor.log", "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        current = state.read_state()
+        if current and current.get("phase") == "ready":
+            _print_ready(current, foreground=False)
+            return
+        if current and current.get("phase") == "failed":
+            for line in current.get("errors", []):
+                typer.echo(line, err=True)
+            proc.wait(30)
+            _fail("the mesh failed to start")
+        if proc.poll() is not None:
+            _fail(f"the supervisor exited with {proc.returncode}; see {state.logs / 'supervisor.log'}")
+        time.sleep(0.1)
+    proc.terminate()
+    _fail("the mesh did not become ready within 120s")
+
+
+@app.command()
+def down(state_dir: Optional[str] = StateOpt) -> None:
+    """Stop every process of the mesh."""
+    state = _state(state_dir)
+    current = state.read_state() or {}
+    pid = state.supervisor_pid()
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    # Anything the supervisor could not stop (it was killed, say) is stopped here.
+    leftovers = [p.get("pid") for p in current.get("proxies", [])]
+    leftovers.append((current.get("workloads_process") or {}).get("pid"))
+    for child in leftovers:
+        if child and pid_alive(child) and _is_ours(child, state):
+            os.kill(child, signal.SIGKILL)
+    if not pid and not current:
+        typer.echo(f"no mesh in {state.root}")
+        return
+    typer.echo(f"stopped the mesh in {state.root}")
+
+
+def _is_ours(pid: int, state: StateDir) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(state.root) in cmdline
+
+
+@app.command()
+def status(
+    state_dir: Optional[str] = StateOpt,
+    output: str = typer.Option("table", "-o", "--output", help="table or json"),
+) -> None:
+    """Show the control plane, proxies, services and workloads of the running mesh."""
+    state = _state(state_dir)
+    current = state.read_state()
+    if current is None:
+        _fail(f"no mesh in {state.root}")
+    assert current is not None
+    current["running"] = state.supervisor_pid() is not None
+    if output == "json":
+        typer.echo(json.dumps(current, indent=2, sort_keys=True))
+    else:
+        typer.echo(render.status(current))
+
+
+@app.command()
+def request(
+    url: str = typer.Argument(..., help="http://HOST[:PORT]/PATH; HOST is a service name, VIP or pod IP."),
+    source: str = typer.Option(..., "--from", help="NAMESPACE/NAME of the sending workload (Deployment or Pod)."),
+    method: str = typer.Option("GET", "-X", "--request"),
+    header: list[str] = typer.Option([], "-H", "--header", help="'Name: value' (repeatable)."),
+    data: Optional[str] = typer.Option(None, "-d", "--data"),
+    http2: bool = typer.Option(False, "--http2", help="HTTP/2 with prior knowledge (h2c)."),
+    output: str = typer.Option("text", "-o", "--output", help="text or json"),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Send one HTTP request from a workload, through the mesh like the pod's own traffic."""
+    from waypost.local.client import RequestError, send
+
+    state = _state(state_dir)
+    current = state.read_state()
+    if current is None or current.get("phase") != "ready" or state.supervisor_pid() is None:
+        _fail(f"no running mesh in {state.root}")
+    assert current is not None
+    headers = []
+    for h in header:
+        if ":" not in h:
+            _fail(f"header {h!r} must be 'Name: value'")
+        name, value = h.split(":", 1)
+        headers.append((name.strip(), value.strip()))
+    try:
+        response = send(current, source, url, method=method.upper(), headers=headers, body=data, http2=http2)
+    except RequestError as exc:
+        _fail(str(exc))
+        return
+    if output == "json":
+        typer.echo(json.dumps(response.as_json()))
+    else:
+        typer.echo(render.response(response))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

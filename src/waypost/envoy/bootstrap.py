@@ -1,0 +1,62 @@
+"""The minimal bootstrap each Envoy starts from: its node id, admin address, and the ADS server.
+
+Everything else (listeners, clusters, routes, certificates) arrives over ADS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import http2_options, socket_address
+
+XDS_CLUSTER = "xds-grpc"  # Istio's name for the control-plane cluster
+
+
+def bootstrap(node_id: str, cluster: str, admin: tuple[str, int], xds: tuple[str, int]) -> dict[str, Any]:
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": cluster},
+        "admin": {"address": socket_address(*admin)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": http2_options(),
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(*xds)}}]}],
+                    },
+                }
+            ]
+        },
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
+            }
+        ],
+        # Istio's proxies run with an overload manager capping downstream connections; without one Envoy warns.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 100000,
+                    },
+                }
+            ]
+        },
+    }

@@ -1,0 +1,296 @@
+"""Building blocks shared by the ztunnel and waypoint translations: TLS over SDS, HBONE, internal listeners.
+
+Every function returns plain Envoy v3 dicts (the JSON form of the protos); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waypost.mesh.model import TRUST_DOMAIN
+
+ROOT_CA_SECRET = "ROOTCA"  # Istio's name for the trust bundle secret
+HBONE_PORT = 15008
+PEER_PRINCIPAL_KEY = "io.istio.peer_principal"
+SOURCE_HEADER = "x-hbone-source"  # carries the client's ip:port on the CONNECT (the inner stream cannot)
+
+ADS = {"ads": {}, "resource_api_version": "V3"}
+
+T_TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+T_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+T_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+T_SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+T_ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+T_HTTP_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+T_DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+T_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+T_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+T_INTERNAL_UPSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport"
+T_RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def socket_address(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def sds(name: str) -> dict[str, Any]:
+    return {"name": name, "sds_config": ADS}
+
+
+def _validation(san_exact: str | None) -> dict[str, Any]:
+    matcher = {"exact": san_exact} if san_exact else {"prefix": f"spiffe://{TRUST_DOMAIN}/"}
+    return {
+        "combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [{"san_type": "URI", "matcher": matcher}]},
+            "validation_context_sds_secret_config": sds(ROOT_CA_SECRET),
+        }
+    }
+
+
+def downstream_mtls(identity: str) -> dict[str, Any]:
+    """HBONE server side: TLS 1.3, ALPN h2, a client certificate from our trust domain is required."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": T_DOWNSTREAM_TLS,
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+                "tls_certificate_sds_secret_configs": [sds(identity)],
+                **_validation(None),
+            },
+        },
+    }
+
+
+def upstream_mtls(identity: str, peer: str | None) -> dict[str, Any]:
+    """HBONE client side with `identity`'s certificate, verifying the peer's SPIFFE id (or the trust domain)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": T_UPSTREAM_TLS,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+                "tls_certificate_sds_secret_configs": [sds(identity)],
+                **_validation(peer),
+            },
+        },
+    }
+
+
+def http2_options() -> dict[str, Any]:
+    return {HTTP_OPTIONS_KEY: {"@type": T_HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+def downstream_protocol_options() -> dict[str, Any]:
+    return {
+        HTTP_OPTIONS_KEY: {
+            "@type": T_HTTP_OPTIONS,
+            "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+        }
+    }
+
+
+def hbone_cluster(name: str, address: str, identity: str, peer: str) -> dict[str, Any]:
+    """One HBONE next hop (a waypoint or a node ztunnel): all CONNECT streams share h2 connections."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(address, HBONE_PORT)}}]}],
+        },
+        "typed_extension_protocol_options": http2_options(),
+        "transport_socket": upstream_mtls(identity, peer),
+    }
+
+
+def tunnel_tcp_proxy(stat_prefix: str, cluster: str, hostname: str) -> dict[str, Any]:
+    """tcp_proxy that wraps the connection in an HTTP/2 CONNECT to `hostname` (HBONE)."""
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": T_TCP_PROXY,
+            "stat_prefix": stat_prefix,
+            "cluster": cluster,
+            "tunneling_config": {
+                "hostname": hostname,
+                "headers_to_add": [{"header": {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}}],
+            },
+        },
+    }
+
+
+def tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {"@type": T_TCP_PROXY, "stat_prefix": stat_prefix, "cluster": cluster},
+    }
+
+
+def internal_cluster(name: str, listener: str) -> dict[str, Any]:
+    """A cluster whose single endpoint is an internal listener of the same Envoy."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": listener}}}}]}
+            ],
+        },
+        "transport_socket": internal_upstream(),
+    }
+
+
+def internal_upstream() -> dict[str, Any]:
+    # passthrough_metadata hands the chosen endpoint's `tunnel` metadata (HBONE target and CONNECT authority)
+    # to the internal listener's connection, where the originate listener reads it.
+    return {
+        "name": "envoy.transport_sockets.internal_upstream",
+        "typed_config": {
+            "@type": T_INTERNAL_UPSTREAM,
+            "passthrough_metadata": [{"kind": {"host": {}}, "name": "tunnel"}],
+            "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": T_RAW_BUFFER}},
+        },
+    }
+
+
+def tunnel_endpoint(listener: str, destination: str, address: str) -> dict[str, Any]:
+    """An endpoint reached through an originate internal listener; metadata says where to tunnel."""
+    return {
+        "endpoint": {"address": {"envoy_internal_address": {"server_listener_name": listener}}},
+        "metadata": {"filter_metadata": {"tunnel": {"destination": destination, "address": address}}},
+    }
+
+
+def originate_listener(name: str, cluster: str, tunnel: bool) -> dict[str, Any]:
+    """Internal listener that forwards to the endpoint named in `tunnel` metadata, via HBONE or plain TCP."""
+    if tunnel:
+        proxy = {
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": T_TCP_PROXY,
+                "stat_prefix": name,
+                "cluster": cluster,
+                "tunneling_config": {"hostname": "%DYNAMIC_METADATA(tunnel:destination)%"},
+            },
+        }
+    else:
+        proxy = tcp_proxy(name, cluster)
+    return {"name": name, "internal_listener": {}, "filter_chains": [{"filters": [proxy]}]}
+
+
+def originate_cluster(name: str, identity: str | None) -> dict[str, Any]:
+    """ORIGINAL_DST cluster that connects to `tunnel.address` of the endpoint chosen upstream."""
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "5s",
+        "original_dst_lb_config": {"use_http_header": False, "metadata_key": {"key": "tunnel", "path": [{"key": "address"}]}},
+        "cleanup_interval": "60s",
+    }
+    if identity is not None:
+        cluster["typed_extension_protocol_options"] = http2_options()
+        cluster["transport_socket"] = upstream_mtls(identity, None)
+    return cluster
+
+
+def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str) -> list[dict[str, Any]]:
+    """HCM that accepts HBONE CONNECTs for `domains` and hands each stream to an internal listener.
+
+    The inner listener cannot see the TLS peer, so the peer identity, the original destination (CONNECT
+    authority) and the original source travel as filter state shared with the upstream (spec
+    envoy-dataplane.md §2 "No mTLS peer inside the internal listener").
+    """
+    def state(key: str, fmt: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "object_key": key,
+            "format_string": {"text_format_source": {"inline_string": fmt}},
+            "shared_with_upstream": "ONCE",
+            **extra,
+        }
+
+    virtual_hosts = []
+    if domains:
+        virtual_hosts.append(
+            {
+                "name": "connect",
+                "domains": domains,
+                "routes": [
+                    {
+                        "match": {"connect_matcher": {}},
+                        "route": {"cluster": cluster, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]},
+                    }
+                ],
+            }
+        )
+    return [
+        {
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": T_HCM,
+                "stat_prefix": stat_prefix,
+                "codec_type": "HTTP2",
+                "http2_protocol_options": {"allow_connect": True},
+                "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+                "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.set_filter_state",
+                        "typed_config": {
+                            "@type": T_SET_FILTER_STATE,
+                            "on_request_headers": [
+                                state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%"),
+                                state(
+                                    "envoy.filters.listener.original_dst.remote_ip",
+                                    f"%REQ({SOURCE_HEADER})%",
+                                    skip_if_empty=True,
+                                ),
+                                state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", factory_key="envoy.string"),
+                            ],
+                        },
+                    },
+                    {"name": "envoy.filters.http.router", "typed_config": {"@type": T_ROUTER}},
+                ],
+            },
+        }
+    ]
+
+
+def listener_with_addresses(name: str, addresses: list[tuple[str, int]], **rest: Any) -> dict[str, Any]:
+    """One listener bound to many ip:port pairs (the first is `address`, the rest `additional_addresses`)."""
+    ordered = sorted(set(addresses), key=lambda a: (tuple(int(x) for x in a[0].split(".")), a[1]))
+    listener: dict[str, Any] = {"name": name, "address": socket_address(*ordered[0])}
+    if len(ordered) > 1:
+        listener["additional_addresses"] = [{"address": socket_address(*a)} for a in ordered[1:]]
+    listener.update(rest)
+    return listener
+
+
+def host_prefix(address: str) -> dict[str, Any]:
+    return {"address_prefix": address, "prefix_len": 32}
+
+
+def deny_chain(stat_prefix: str) -> dict[str, Any]:
+    """A filter chain that closes every connection (network RBAC ALLOW with no policies denies all)."""
+    return {
+        "name": stat_prefix,
+        "filters": [
+            {
+                "name": "envoy.filters.network.rbac",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                    "stat_prefix": stat_prefix,
+                    "rules": {"action": "ALLOW"},
+                },
+            },
+            # RBAC is not terminal; nothing passes it, but Envoy wants a terminal filter after it.
+            tcp_proxy(stat_prefix, "BlackHoleCluster"),
+        ],
+    }

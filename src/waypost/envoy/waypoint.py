@@ -1,0 +1,173 @@
+"""A waypoint as an Envoy: terminate HBONE, pick the service by original destination, route at L7, re-originate.
+
+Layout as Istio's waypoint (`pilot/pkg/networking/core/listener_waypoint.go`, `cluster_waypoint.go`) and
+shared/spec/envoy-dataplane.md "Recommended Envoy layout":
+- `connect_terminate` on waypointIP:15008 — mTLS with a client certificate required; only CONNECT
+  authorities this waypoint serves are accepted (service VIP:port, or pod IP for workload waypoints);
+- `main_internal` — one filter chain per served VIP:port (HTTP → HCM with RDS `<fqdn>:<port>`, TCP →
+  tcp_proxy, unknown → sniffed), and per served workload IP:port;
+- `connect_originate` — HBONE to the chosen endpoint's ztunnel with the **waypoint's own** identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Waypoint, Workload
+from waypost.mesh.registry import port_protocol
+
+from . import common as c
+from . import routing
+from .ztunnel import PLAIN_ORIGINATE
+
+CONNECT_TERMINATE = "connect_terminate"
+MAIN_INTERNAL = "main_internal"
+CONNECT_ORIGINATE = "connect_originate"
+
+
+def served_services(snapshot: MeshSnapshot, waypoint: Waypoint) -> list[Service]:
+    return [s for s in snapshot.services if s.waypoint == waypoint.ref]
+
+
+def served_workloads(snapshot: MeshSnapshot, waypoint: Waypoint) -> list[Workload]:
+    return [w for w in snapshot.workloads if w.waypoint == waypoint.ref and w.kind == "Pod"]
+
+
+def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | None) -> dict[str, Any]:
+    """A service-port cluster whose endpoints are reached over HBONE (or plaintext for non-mesh endpoints)."""
+    lb = [
+        c.tunnel_endpoint(CONNECT_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{c.HBONE_PORT}")
+        if e.hbone
+        else c.tunnel_endpoint(PLAIN_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{e.port}")
+        for e in endpoints
+    ]
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []},
+        "transport_socket": c.internal_upstream(),
+    }
+    if http == "h2":
+        cluster["typed_extension_protocol_options"] = c.http2_options()
+    elif http == "auto":
+        cluster["typed_extension_protocol_options"] = c.downstream_protocol_options()
+    return cluster
+
+
+def _hcm(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": c.T_HCM,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            **route,
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}}],
+        },
+    }
+
+
+def _chains(name: str, match: dict[str, Any], protocol: str, http_filter: dict[str, Any], tcp_filter: dict[str, Any]):
+    """Filter chains for one destination: HTTP, TCP, or both with HTTP sniffed (Istio's protocol detection)."""
+    if protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web"):
+        return [{"name": name, "filter_chain_match": match, "filters": [http_filter]}]
+    if protocol == "UNKNOWN":
+        return [
+            {"name": f"{name}|http", "filter_chain_match": {**match, "application_protocols": ["http/1.1", "h2c"]}, "filters": [http_filter]},
+            {"name": f"{name}|tcp", "filter_chain_match": match, "filters": [tcp_filter]},
+        ]
+    return [{"name": name, "filter_chain_match": match, "filters": [tcp_filter]}]
+
+
+def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict[str, Any]]]:
+    clusters: dict[str, dict[str, Any]] = {}
+    routes: list[dict[str, Any]] = []
+    chains: list[dict[str, Any]] = []
+    domains: list[str] = []
+    sniff = False
+
+    def add_cluster(cluster: dict[str, Any]) -> str:
+        clusters.setdefault(cluster["name"], cluster)
+        return cluster["name"]
+
+    for service in served_services(snapshot, waypoint):
+        for sp in service.ports:
+            domains.append(f"{service.vip}:{sp.port}")
+            http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
+            endpoints = service.endpoints_for(sp.port)
+            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None))
+            route_name = f"{service.fqdn}:{sp.port}"
+            match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
+            if sp.protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN"):
+                add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http))
+                route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, route_name)
+                routes.append(route_config)
+                for backend, port in backend_clusters:
+                    backend_service = snapshot.service_by_fqdn(backend)
+                    assert backend_service is not None  # routing only names existing backends here
+                    bp = backend_service.port(port)
+                    bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
+                    add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp))
+            sniff = sniff or sp.protocol == "UNKNOWN"
+            chains.extend(
+                _chains(
+                    f"{service.fqdn}:{sp.port}",
+                    match,
+                    sp.protocol,
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}),
+                    c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster),
+                )
+            )
+
+    for workload in served_workloads(snapshot, waypoint):
+        domains.append(f"{workload.address}:*")
+        for wp in workload.ports:
+            protocol = port_protocol(wp.name, None, "TCP")
+            endpoint = (Endpoint(workload.key, workload.address, wp.port, hbone=True),)
+            http_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|http|{workload.address}", endpoint, "auto"))
+            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|tcp|{workload.address}", endpoint, None))
+            sniff = sniff or protocol == "UNKNOWN"
+            chains.extend(
+                _chains(
+                    f"{workload.address}:{wp.port}",
+                    {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
+                    protocol,
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}),
+                    c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster),
+                )
+            )
+
+    listener_filters = [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": c.T_ORIGINAL_DST}}]
+    if sniff:
+        listener_filters.append({"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": c.T_HTTP_INSPECTOR}})
+    listeners = [
+        {
+            "name": CONNECT_TERMINATE,
+            "address": c.socket_address(waypoint.address, c.HBONE_PORT),
+            "filter_chains": [
+                {
+                    "transport_socket": c.downstream_mtls(waypoint.identity),
+                    "filters": c.connect_terminate_filters(CONNECT_TERMINATE, sorted(domains), MAIN_INTERNAL),
+                }
+            ],
+        },
+        {
+            "name": MAIN_INTERNAL,
+            "internal_listener": {},
+            "listener_filters": listener_filters,
+            "filter_chains": sorted(chains, key=lambda ch: ch["name"]),
+            "default_filter_chain": c.deny_chain("main_internal_unmatched"),
+        },
+        c.originate_listener(CONNECT_ORIGINATE, CONNECT_ORIGINATE, tunnel=True),
+        c.originate_listener(PLAIN_ORIGINATE, PLAIN_ORIGINATE, tunnel=False),
+    ]
+    add_cluster(c.internal_cluster(MAIN_INTERNAL, MAIN_INTERNAL))
+    add_cluster(c.originate_cluster(CONNECT_ORIGINATE, waypoint.identity))
+    add_cluster(c.originate_cluster(PLAIN_ORIGINATE, None))
+    return {
+        "listeners": sorted(listeners, key=lambda l: l["name"]),
+        "clusters": [clusters[k] for k in sorted(clusters)],
+        "routes": sorted(routes, key=lambda r: r["name"]),
+        "secrets": [c.ROOT_CA_SECRET, waypoint.identity],
+    }

@@ -1,0 +1,91 @@
+"""The state directory of one local mesh: where its pid, status, logs, certificates and bootstraps live."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = ".waypost"
+
+
+def resolve_state_dir(value: str | os.PathLike[str] | None) -> Path:
+    """`--state-dir` if given, else `$WAYPOST_STATE_DIR`, else `./.waypost`."""
+    chosen = value or os.environ.get("WAYPOST_STATE_DIR") or DEFAULT_STATE_DIR
+    return Path(chosen).absolute()
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "supervisor.pid"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def bootstraps(self) -> Path:
+        return self.root / "bootstrap"
+
+    @property
+    def echo_spec(self) -> Path:
+        return self.root / "workloads.json"
+
+    @property
+    def echo_ready(self) -> Path:
+        return self.root / "workloads-ready.json"
+
+    def ensure(self) -> None:
+        for d in (self.root, self.logs, self.certs, self.bootstraps):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        write_json_atomic(self.state_file, state)
+
+    def supervisor_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

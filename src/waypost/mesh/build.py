@@ -1,0 +1,203 @@
+"""Resources → MeshSnapshot: the one pure entry point of the `mesh` layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from waypost.api.core import Deployment, Namespace, Pod, Service as ServiceResource
+from waypost.api.gateway import Gateway, GatewayClass, HTTPRoute
+from waypost.api.meta import Resource
+from waypost.api.networking import WorkloadEntry
+
+from . import registry, routes as route_attachment, waypoints as binding
+from .addresses import AddressPlan
+from .model import Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload
+
+DEFAULT_NODE = "node-0"
+
+
+def _allocate(
+    keys: Sequence[str], previous: Mapping[str, str], make: Callable[[int], str], prefix: str
+) -> dict[str, str]:
+    """Stable addresses: keys keep the address they had in `previous`; new keys take the lowest free index."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for key in keys:
+        addr = previous.get(f"{prefix}/{key}")
+        if addr and addr not in taken:
+            out[key] = addr
+            taken.add(addr)
+    index = 0
+    for key in keys:
+        if key in out:
+            continue
+        while make(index) in taken:
+            index += 1
+        out[key] = make(index)
+        taken.add(out[key])
+    return out
+
+
+def address_assignments(snapshot: MeshSnapshot) -> dict[str, str]:
+    """The addresses of a snapshot in the form `build(previous=...)` accepts, to keep them across reloads."""
+    out = {f"pod/{w.key}": w.address for w in snapshot.workloads if w.kind == "Pod"}
+    out.update({f"svc/{s.key}": s.vip for s in snapshot.services})
+    out.update({f"waypoint/{w.ref}": w.address for w in snapshot.waypoints})
+    return out
+
+
+def build(
+    resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None
+) -> MeshSnapshot:
+    previous = previous or {}
+    of = lambda cls: [r for r in resources if isinstance(r, cls)]  # noqa: E731
+    namespace_labels: dict[str, dict[str, str]] = {ns.name: dict(ns.labels) for ns in of(Namespace)}
+    ns_labels = lambda ns: namespace_labels.get(ns, {})  # noqa: E731
+    statuses: list[ResourceStatus] = []
+
+    # Waypoints: Gateways of a class handled by the mesh controller.
+    classes = binding.waypoint_classes(of(GatewayClass))
+    waypoint_gateways = {
+        WaypointRef(g.namespace, g.name): g for g in of(Gateway) if g.spec.gateway_class_name in classes
+    }
+    wp_addresses = _allocate([str(k) for k in sorted(waypoint_gateways)], previous, plan.waypoint, "waypoint")
+    waypoints: dict[WaypointRef, Waypoint] = {}
+    for ref, gateway in sorted(waypoint_gateways.items()):
+        waypoints[ref] = Waypoint(
+            namespace=ref.namespace,
+            name=ref.name,
+            address=wp_addresses[str(ref)],
+            service_account=binding.service_account(gateway),
+            traffic_for=binding.traffic_for(gateway, classes.get(gateway.spec.gateway_class_name)),
+            ready=True,
+        )
+        statuses.append(_gateway_status(gateway, waypoints[ref]))
+
+    def resolve(kind: str, namespace: str, labels: Mapping[str, str]) -> binding.Binding:
+        return binding.resolve(
+            kind=kind,
+            namespace=namespace,
+            labels=labels,
+            namespace_labels=ns_labels(namespace),
+            waypoints=waypoints,
+            gateways=waypoint_gateways,
+            all_namespace_labels=namespace_labels,
+        )
+
+    # Workloads: pods of Deployments, bare Pods, WorkloadEntries.
+    pods = registry.pods_of(of(Pod), of(Deployment))
+    pod_addresses = _allocate([f"{ns}/{name}" for ns, name, *_ in pods], previous, plan.pod, "pod")
+    workloads: list[Workload] = []
+    for ns, name, owner, labels, spec in pods:
+        address = pod_addresses[f"{ns}/{name}"]
+        captured = binding.is_enrolled(ns_labels(ns), labels)
+        index = _pod_index(plan, address)
+        image, flavor = registry.pod_image_flavor(spec)
+        workload_binding = resolve("Pod", ns, labels) if captured else binding.Binding(None, None)
+        workloads.append(
+            Workload(
+                kind="Pod",
+                namespace=ns,
+                name=name,
+                owner=owner,
+                labels=tuple(sorted(labels.items())),
+                service_account=registry.service_account_of(spec),
+                address=address,
+                app_address=plan.app(index) if captured else address,
+                captured=captured,
+                node=DEFAULT_NODE,
+                ports=registry.pod_spec_ports(spec),
+                image=image,
+                echo=flavor,
+                waypoint=workload_binding.waypoint,
+            )
+        )
+    entry_ports: dict[str, dict[str, int]] = {}
+    for entry in sorted(of(WorkloadEntry), key=lambda e: (e.namespace, e.name)):
+        labels, sa, ports = registry.entry_workload_fields(entry)
+        captured = binding.is_enrolled(ns_labels(entry.namespace), labels)
+        entry_binding = resolve("WorkloadEntry", entry.namespace, labels) if captured else binding.Binding(None, None)
+        workloads.append(
+            Workload(
+                kind="WorkloadEntry",
+                namespace=entry.namespace,
+                name=entry.name,
+                owner="",
+                labels=tuple(sorted(labels.items())),
+                service_account=sa,
+                address=entry.spec.address,
+                app_address=entry.spec.address,
+                captured=captured,
+                node=DEFAULT_NODE,
+                ports=ports,
+                image="",
+                echo=None,
+                waypoint=entry_binding.waypoint,
+            )
+        )
+        entry_ports[f"{entry.namespace}/{entry.name}"] = dict(entry.spec.ports)
+        if entry_binding.condition is not None:
+            statuses.append(ResourceStatus("WorkloadEntry", entry.namespace, entry.name, (entry_binding.condition,)))
+
+    # Services: VIPs, ports, endpoints and the service waypoint binding.
+    service_resources = sorted(of(ServiceResource), key=lambda s: (s.namespace, s.name))
+    vips = _allocate([f"{s.namespace}/{s.name}" for s in service_resources], previous, plan.vip, "svc")
+    services: dict[str, Service] = {}
+    for svc in service_resources:
+        ports = registry.service_ports(svc)
+        service_binding = resolve("Service", svc.namespace, svc.labels)
+        key = f"{svc.namespace}/{svc.name}"
+        services[key] = Service(
+            namespace=svc.namespace,
+            name=svc.name,
+            vip=vips[key],
+            ports=ports,
+            waypoint=service_binding.waypoint,
+            endpoints=registry.endpoints(svc, ports, workloads, entry_ports),
+        )
+        if service_binding.condition is not None:
+            statuses.append(ResourceStatus("Service", svc.namespace, svc.name, (service_binding.condition,)))
+
+    routes, route_statuses = route_attachment.attach(
+        sorted(of(HTTPRoute), key=lambda r: (r.namespace, r.name)),
+        services,
+        waypoint_gateways,
+        namespace_labels,
+        {f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
+    )
+    statuses.extend(route_statuses)
+    return MeshSnapshot(
+        plan=plan,
+        nodes=(DEFAULT_NODE,),
+        workloads=tuple(workloads),
+        services=tuple(services.values()),
+        waypoints=tuple(waypoints.values()),
+        routes=routes,
+        statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name))),
+    )
+
+
+def _pod_index(plan: AddressPlan, address: str) -> int:
+    _, _, third, fourth = (int(x) for x in address.split("."))
+    from .addresses import PER_24, POD_FIRST_OCTET3
+
+    return (third - POD_FIRST_OCTET3) * PER_24 + (fourth - 1)
+
+
+def _gateway_status(gateway: Gateway, waypoint: Waypoint) -> ResourceStatus:
+    conditions = [
+        Condition("Accepted", "True", "Accepted", "Resource accepted"),
+        Condition("Programmed", "True", "Programmed", f"Resource programmed, assigned to service(s) {waypoint.address}:15008"),
+    ]
+    listener_conditions = []
+    for listener in gateway.spec.listeners:
+        if listener.port == 15008 and listener.protocol == "HBONE":
+            listener_conditions.append((listener.name, (Condition("Accepted", "True", "Accepted", "No errors found"),)))
+        else:
+            listener_conditions.append(
+                (
+                    listener.name,
+                    (Condition("Accepted", "False", "UnsupportedProtocol", 'Expected a single listener on port 15008 with protocol "HBONE"'),),
+                )
+            )
+    return ResourceStatus("Gateway", gateway.namespace, gateway.name, tuple(conditions), tuple(listener_conditions))

@@ -1,0 +1,261 @@
+"""The resolved mesh as immutable values: workloads, services, waypoints, routes and status conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .addresses import AddressPlan
+
+TRUST_DOMAIN = "cluster.local"
+CLUSTER_DOMAIN = "cluster.local"
+
+# Port protocols as Istio names them (pilot/pkg/model/protocol); UNKNOWN means "sniff HTTP vs TCP".
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-Web"})
+Protocol = str
+
+
+def spiffe_id(namespace: str, service_account: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+def service_fqdn(namespace: str, name: str) -> str:
+    return f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message}
+
+
+@dataclass(frozen=True, order=True)
+class WaypointRef:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    namespace: str
+    name: str
+    address: str
+    service_account: str
+    traffic_for: str  # service | workload | all | none
+    ready: bool
+
+    @property
+    def ref(self) -> WaypointRef:
+        return WaypointRef(self.namespace, self.name)
+
+    @property
+    def identity(self) -> str:
+        return spiffe_id(self.namespace, self.service_account)
+
+    @property
+    def proxy_id(self) -> str:
+        """The Envoy node id of this waypoint."""
+        return f"waypoint~{self.namespace}~{self.name}"
+
+    @property
+    def accepts_service_traffic(self) -> bool:
+        return self.traffic_for in ("service", "all")
+
+    @property
+    def accepts_workload_traffic(self) -> bool:
+        return self.traffic_for in ("workload", "all")
+
+
+@dataclass(frozen=True)
+class WorkloadPort:
+    name: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: Literal["Pod", "WorkloadEntry"]
+    namespace: str
+    name: str
+    owner: str  # Deployment name, or "" for bare Pods and WorkloadEntries
+    labels: tuple[tuple[str, str], ...]
+    service_account: str
+    address: str  # the pod IP: what clients dial and the source the mesh identifies it by
+    app_address: str  # where the application listens (the inside address for enrolled pods)
+    captured: bool  # enrolled in ambient: the ztunnel captures its traffic and speaks HBONE for it
+    node: str
+    ports: tuple[WorkloadPort, ...]
+    image: str
+    echo: str | None  # built-in echo flavor ("basic" | "advanced"), None for client-only workloads
+    waypoint: WaypointRef | None = None  # workload (pod-IP) waypoint binding
+    is_waypoint: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def identity(self) -> str:
+        return spiffe_id(self.namespace, self.service_account)
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def port_named(self, name: str) -> int | None:
+        for p in self.ports:
+            if p.name == name:
+                return p.port
+        return None
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: int | str
+    protocol: Protocol
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in HTTP_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    workload: str  # namespace/name
+    address: str  # pod IP (HBONE destination) or the WorkloadEntry address
+    port: int  # resolved target port
+    hbone: bool  # reachable through its node's ztunnel on address:15008
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    vip: str
+    ports: tuple[ServicePort, ...]
+    waypoint: WaypointRef | None
+    endpoints: tuple[tuple[int, tuple[Endpoint, ...]], ...]  # service port -> endpoints
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def fqdn(self) -> str:
+        return service_fqdn(self.namespace, self.name)
+
+    def endpoints_for(self, port: int) -> tuple[Endpoint, ...]:
+        for p, eps in self.endpoints:
+            if p == port:
+                return eps
+        return ()
+
+    def port(self, number: int) -> ServicePort | None:
+        for p in self.ports:
+            if p.port == number:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class WeightedBackend:
+    service: str  # FQDN of the backend Service (may name a Service that does not exist: that share gets 500)
+    port: int
+    weight: int
+    exists: bool
+
+
+@dataclass(frozen=True)
+class HTTPRouteEntry:
+    """One match of one rule of one HTTPRoute, in final precedence order within its service port."""
+
+    route: str  # namespace/name of the HTTPRoute
+    rule_index: int
+    rule_name: str | None
+    path_type: str  # Exact | PathPrefix
+    path: str
+    backends: tuple[WeightedBackend, ...]
+
+    @property
+    def route_name(self) -> str:
+        ns, name = self.route.split("/", 1)
+        return self.rule_name or f"{ns}.{name}.{self.rule_index}"
+
+
+@dataclass(frozen=True)
+class ServiceRoutes:
+    """The HTTP routing of one service port in its waypoint. No entries = the default route (spec §3.5)."""
+
+    service: str  # namespace/name
+    port: int
+    entries: tuple[HTTPRouteEntry, ...]
+
+
+@dataclass(frozen=True)
+class ResourceStatus:
+    kind: str
+    namespace: str
+    name: str
+    conditions: tuple[Condition, ...]
+    parents: tuple[tuple[str, tuple[Condition, ...]], ...] = ()  # routes: parentRef text -> conditions
+
+
+@dataclass(frozen=True)
+class MeshSnapshot:
+    """Everything a translation needs for one config version; built by `mesh.build`."""
+
+    plan: AddressPlan
+    nodes: tuple[str, ...]
+    workloads: tuple[Workload, ...]
+    services: tuple[Service, ...]
+    waypoints: tuple[Waypoint, ...]
+    routes: tuple[ServiceRoutes, ...]
+    statuses: tuple[ResourceStatus, ...] = field(default=())
+
+    def service(self, key: str) -> Service | None:
+        for s in self.services:
+            if s.key == key:
+                return s
+        return None
+
+    def service_by_fqdn(self, fqdn: str) -> Service | None:
+        for s in self.services:
+            if s.fqdn == fqdn:
+                return s
+        return None
+
+    def waypoint(self, ref: WaypointRef | None) -> Waypoint | None:
+        if ref is None:
+            return None
+        for w in self.waypoints:
+            if w.ref == ref:
+                return w
+        return None
+
+    def workload(self, key: str) -> Workload | None:
+        for w in self.workloads:
+            if w.key == key:
+                return w
+        return None
+
+    def routes_for(self, service_key: str, port: int) -> ServiceRoutes | None:
+        for r in self.routes:
+            if r.service == service_key and r.port == port:
+                return r
+        return None
+
+    def status_of(self, kind: str, namespace: str, name: str) -> ResourceStatus | None:
+        for s in self.statuses:
+            if (s.kind, s.namespace, s.name) == (kind, namespace, name):
+                return s
+        return None

@@ -1,0 +1,186 @@
+"""Workloads and Services from the user's resources: pods of Deployments, identities, ports, endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+from waypost.api.core import Deployment, Pod, PodSpec, Service as ServiceResource
+from waypost.api.networking import WorkloadEntry
+
+from .model import Endpoint, ServicePort, Workload, WorkloadPort
+
+# Kubernetes' "safe" alphabet for generated name suffixes (no vowels, no confusable digits).
+_K8S_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def _encode(digest: bytes, length: int) -> str:
+    number = int.from_bytes(digest, "big")
+    out = []
+    for _ in range(length):
+        number, rem = divmod(number, len(_K8S_ALPHABET))
+        out.append(_K8S_ALPHABET[rem])
+    return "".join(out)
+
+
+def pod_names(deployment: Deployment) -> list[str]:
+    """`<deployment>-<template hash>-<suffix>` names, as a ReplicaSet names its pods; deterministic."""
+    template = deployment.spec.template.model_dump_json(by_alias=True)
+    rs_hash = _encode(hashlib.sha256(f"{deployment.namespace}/{deployment.name}/{template}".encode()).digest(), 10)
+    names = []
+    for i in range(deployment.spec.replicas):
+        suffix = _encode(hashlib.sha256(f"{rs_hash}/{i}".encode()).digest(), 5)
+        names.append(f"{deployment.name}-{rs_hash}-{suffix}")
+    return names
+
+
+def echo_flavor(image: str | None) -> str | None:
+    """Which built-in echo server plays this image, or None for a client-only workload.
+
+    Gateway API conformance images `echo-basic` (JSON) and `echo-advanced` (Istio's echo app, Key=Value),
+    Istio's test echo app image (`istio-testing/app`, `istio/app`), and `waypost/echo` (JSON).
+    """
+    if not image:
+        return None
+    repo = image.split("@", 1)[0]
+    last = repo.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo = repo[: len(repo) - len(last) + last.index(":")]
+    repo = repo.lower()
+    name = repo.rsplit("/", 1)[-1]
+    if name == "echo-basic" or repo.endswith("waypost/echo"):
+        return "basic"
+    if name == "echo-advanced" or repo.endswith("istio-testing/app") or repo.endswith("istio/app"):
+        return "advanced"
+    return None
+
+
+def pod_spec_ports(spec: PodSpec) -> tuple[WorkloadPort, ...]:
+    ports: dict[int, str] = {}
+    for container in spec.containers:
+        for p in container.ports:
+            if p.protocol == "TCP":
+                ports.setdefault(p.container_port, p.name or "")
+    return tuple(WorkloadPort(name, port) for port, name in sorted(ports.items()))
+
+
+def pod_image_flavor(spec: PodSpec) -> tuple[str, str | None]:
+    for container in spec.containers:
+        flavor = echo_flavor(container.image)
+        if flavor:
+            return container.image or "", flavor
+    return (spec.containers[0].image or ""), None
+
+
+def service_account_of(spec: PodSpec) -> str:
+    return spec.service_account_name or spec.service_account or "default"
+
+
+def port_protocol(name: str | None, app_protocol: str | None, protocol: str) -> str:
+    """Istio's protocol selection: appProtocol first, then the port-name prefix, else sniffed (UNKNOWN)."""
+    if protocol == "UDP":
+        return "UDP"
+    if app_protocol:
+        ap = app_protocol.lower()
+        by_app = {
+            "http": "HTTP",
+            "http2": "HTTP2",
+            "grpc": "GRPC",
+            "grpc-web": "GRPC-Web",
+            "kubernetes.io/h2c": "HTTP2",
+            "kubernetes.io/ws": "HTTP",
+            "kubernetes.io/wss": "TLS",
+            "https": "HTTPS",
+            "tcp": "TCP",
+            "tls": "TLS",
+            "mongo": "Mongo",
+            "redis": "Redis",
+            "mysql": "MySQL",
+        }
+        if ap in by_app:
+            return by_app[ap]
+    if name:
+        prefix = name.lower().split("-", 1)[0]
+        if name.lower().startswith("grpc-web"):
+            return "GRPC-Web"
+        by_name = {
+            "http": "HTTP",
+            "http2": "HTTP2",
+            "grpc": "GRPC",
+            "https": "HTTPS",
+            "tcp": "TCP",
+            "tls": "TLS",
+            "mongo": "Mongo",
+            "redis": "Redis",
+            "mysql": "MySQL",
+        }
+        if prefix in by_name:
+            return by_name[prefix]
+    return "UNKNOWN"
+
+
+def service_ports(service: ServiceResource) -> tuple[ServicePort, ...]:
+    out = []
+    for p in service.spec.ports:
+        protocol = port_protocol(p.name, p.app_protocol, p.protocol)
+        if protocol == "UDP":
+            continue  # ambient proxies carry TCP only (spec §3.5)
+        target = p.target_port if p.target_port is not None else p.port
+        out.append(ServicePort(p.name or "", p.port, target, protocol))
+    return tuple(out)
+
+
+def selects(service: ServiceResource, labels: Mapping[str, str]) -> bool:
+    selector = service.spec.selector
+    if not selector:
+        return False  # a Service without selector has manually managed endpoints: none in the local mesh
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def resolve_target(port: ServicePort, workload: Workload, entry_ports: Mapping[str, int] | None) -> int | None:
+    """The workload port a service port reaches: numeric targetPort, or the named container/WE port."""
+    if entry_ports is not None and port.name and port.name in entry_ports:
+        return entry_ports[port.name]  # WorkloadEntry `ports` maps service port names to target ports
+    if isinstance(port.target_port, int):
+        return port.target_port
+    if entry_ports is not None:
+        return entry_ports.get(port.target_port)
+    return workload.port_named(port.target_port)
+
+
+def endpoints(
+    service: ServiceResource,
+    ports: tuple[ServicePort, ...],
+    workloads: list[Workload],
+    entry_ports: Mapping[str, Mapping[str, int]],
+) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
+    selected = [w for w in workloads if not w.is_waypoint and selects(service, w.label_map)]
+    out = []
+    for port in ports:
+        eps = []
+        for w in selected:
+            target = resolve_target(port, w, entry_ports.get(w.key) if w.kind == "WorkloadEntry" else None)
+            if target is None:
+                continue
+            eps.append(Endpoint(w.key, w.address, target, hbone=w.captured and w.kind == "Pod"))
+        out.append((port.port, tuple(sorted(eps, key=lambda e: (e.address, e.port)))))
+    return tuple(out)
+
+
+def pods_of(resources_pods: list[Pod], deployments: list[Deployment]):
+    """(namespace, name, owner, labels, spec) for every pod: bare Pods and Deployment replicas."""
+    out = []
+    for pod in resources_pods:
+        out.append((pod.namespace, pod.name, "", dict(pod.labels), pod.spec))
+    for d in deployments:
+        labels = dict(d.spec.template.metadata.labels)
+        for name in pod_names(d):
+            out.append((d.namespace, name, d.name, labels, d.spec.template.spec))
+    return sorted(out, key=lambda p: (p[0], p[1]))
+
+
+def entry_workload_fields(entry: WorkloadEntry) -> tuple[dict[str, str], str, tuple[WorkloadPort, ...]]:
+    labels = dict(entry.labels)
+    labels.update(entry.spec.labels)
+    ports = tuple(WorkloadPort(n, p) for n, p in sorted(entry.spec.ports.items(), key=lambda kv: kv[1]))
+    return labels, entry.spec.service_account or "default", ports
