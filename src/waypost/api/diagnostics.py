@@ -30,7 +30,8 @@ class Diagnostic:
     def resource(self) -> str:
         if not self.kind:
             return ""
-        ident = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        name = self.name or "<unnamed>"
+        ident = f"{self.namespace}/{name}" if self.namespace else name
         return f"{self.kind} {ident}".strip()
 
     def render(self) -> str:

@@ -59,6 +59,10 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
+# API groups whose kinds waypost knows; anything else (another product's CRDs) is skipped with a warning.
+# Core and apps kinds we do not model (ConfigMap, Secret, StatefulSet...) are skipped with a warning instead.
+KNOWN_GROUPS = frozenset({g for g, _ in KINDS} | {g for g, _ in NOT_SUPPORTED_YET}) - {"", "apps"}
+
 
 @dataclass
 class LoadResult:
@@ -173,6 +177,11 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
                     **where,
                 )
             )
+        elif group in KNOWN_GROUPS or group.endswith(".istio.io"):
+            # A kind we do not know in an API group we serve is most likely a typo: refuse it.
+            result.diagnostics.append(
+                error(filename, line, f"unknown kind {kind!r} in API group {group or 'core'!r}", field="kind", **where)
+            )
         else:
             result.diagnostics.append(
                 warning(filename, line, f"unknown kind {api_version} {kind}: skipped", **where)
@@ -221,7 +230,7 @@ class _DocumentError(Exception):
 
 def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
     """Constructs plain data from a composed node, recording the line of every key and list item."""
-    lines[path] = node.start_mark.line + 1
+    lines.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's first line
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:

@@ -1,0 +1,55 @@
+"""`waypost up` with a bad manifest: a located error, a non-zero exit, and nothing started."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import waypost
+
+pytestmark = pytest.mark.e2e
+
+GOOD_NAMESPACE = """apiVersion: v1
+kind: Namespace
+metadata: {name: ok}
+"""
+
+CASES = {
+    "yaml_syntax": ("apiVersion: v1\nkind: Service\nmetadata:\n  name: [unclosed\n", ["bad.yaml:", "YAML syntax error"]),
+    "missing_required_field": (
+        "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: x\nspec:\n  ports: [{port: 80}]\n",
+        ["bad.yaml:3:", "Service", "metadata.name", "required field is missing"],
+    ),
+    "wrong_type": (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\nspec:\n  ports:\n  - name: http\n    port: eighty\n",
+        ["bad.yaml:7:", "Service x/s", "spec.ports[0].port", "integer"],
+    ),
+    "unknown_kind_in_known_group": (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoot\nmetadata: {name: r, namespace: x}\n",
+        ["bad.yaml:1:", "HTTPRoot x/r", "unknown kind"],
+    ),
+    "authorization_policy_not_yet_enforced": (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: x}\nspec: {}\n",
+        ["bad.yaml:1:", "AuthorizationPolicy x/deny-all", "not supported yet"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_manifest_is_refused_with_its_location(case, tmp_path):
+    text, expected = CASES[case]
+    (tmp_path / "good.yaml").write_text(GOOD_NAMESPACE)
+    (tmp_path / "bad.yaml").write_text(text)
+    state_dir = tmp_path / "state"
+    proc = waypost("up", "-f", str(tmp_path), "--detach", "--state-dir", str(state_dir))
+    assert proc.returncode != 0
+    for fragment in expected:
+        assert fragment in proc.stderr, proc.stderr
+    assert "nothing was started" in proc.stderr
+    assert not (state_dir / "state.json").exists()
+    assert not (state_dir / "supervisor.pid").exists()
+    assert waypost("status", "--state-dir", str(state_dir)).returncode != 0
+
+
+def test_foreign_kind_is_only_a_warning(tmp_path, start_mesh):
+    mesh = start_mesh(GOOD_NAMESPACE + "---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n", name="foreign")
+    assert mesh.state["phase"] == "ready"

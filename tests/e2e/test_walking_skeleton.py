@@ -1,0 +1,196 @@
+"""End to end: real Envoy ztunnel and waypoint, real echo workloads, real HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+QUICKSTART = REPO / "examples" / "quickstart"
+
+# One ambient namespace with a waypoint; Services with, without, and with a bogus waypoint.
+MESH = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: client
+      containers: [{name: c, image: curlimages/curl}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: registry.k8s.io/gateway-api/echo-basic:v1.0.0
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: routed, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bogus, namespace: shop, labels: {istio.io/use-waypoint: no-such-waypoint}}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+
+def echo_body(response) -> dict:
+    assert response.status == 200, response
+    return json.loads(response.body)
+
+
+def saw_request_id(response) -> bool:
+    return "X-Request-Id" in echo_body(response)["headers"]
+
+
+@pytest.fixture
+def shop(start_mesh):
+    return start_mesh(MESH, name="shop")
+
+
+def test_service_without_waypoint_is_l4_only(shop):
+    body = echo_body(shop.request("shop/client", "http://plain/"))
+    assert body["pod"].startswith("echo-")
+    assert "X-Request-Id" not in body["headers"]  # nothing parsed HTTP on the way
+
+
+def test_service_with_waypoint_is_processed_at_l7(shop):
+    response = shop.request("shop/client", "http://routed:8000/hello")
+    body = echo_body(response)
+    assert "X-Request-Id" in body["headers"]
+    assert body["path"] == "/hello"
+    assert body["namespace"] == "shop"
+
+
+def test_waypoint_balances_per_request_over_endpoints(shop):
+    pods = {echo_body(shop.request("shop/client", "http://routed.shop:8000/", http2=True))["pod"] for _ in range(20)}
+    assert pods == {p["pod"] for p in shop.pods("shop", "echo")}
+
+
+def test_pod_ip_traffic_skips_a_service_waypoint(shop):
+    pod = shop.pods("shop", "echo")[0]
+    body = echo_body(shop.request("shop/client", f"http://{pod['address']}:8080/"))
+    assert body["pod"] == pod["pod"]
+    assert "X-Request-Id" not in body["headers"]
+
+
+def test_not_ready_waypoint_leaves_traffic_flowing_l4(shop):
+    assert not saw_request_id(shop.request("shop/client", "http://bogus/"))
+    bound = next(c for c in shop.state["conditions"] if c["kind"] == "Service" and c["name"] == "bogus")
+    assert bound["conditions"][0]["reason"] == "WaypointIsNotReady"
+    assert shop.service("shop", "bogus")["waypoint"] is None
+
+
+def test_httproute_splits_quickstart_by_path(start_mesh):
+    mesh = start_mesh(QUICKSTART, name="quickstart")
+    assert echo_body(mesh.request("quickstart/client", "http://echo/v1"))["pod"].startswith("echo-v1-")
+    assert echo_body(mesh.request("quickstart/client", "http://echo/v2"))["pod"].startswith("echo-v2-")
+    assert echo_body(mesh.request("quickstart/client", "http://echo/v2/deeper"))["pod"].startswith("echo-v2-")
+    # PathPrefix matches whole segments: /v2example is not under /v2.
+    assert echo_body(mesh.request("quickstart/client", "http://echo/v2example"))["pod"].startswith("echo-v1-")
+    assert saw_request_id(mesh.request("quickstart/client", "http://echo.quickstart.svc.cluster.local/v2"))
+
+
+def test_cli_request_prints_curl_style_and_json(start_mesh):
+    mesh = start_mesh(QUICKSTART, name="cli")
+    text = mesh.cli("request", "--from", "quickstart/client", "http://echo/v2").stdout
+    assert text.startswith("HTTP/1.1 200")
+    assert '"pod": "echo-v2-' in text
+    parsed = json.loads(mesh.cli("request", "--from", "quickstart/client", "-H", "X-Test: 1", "-o", "json", "http://echo/v1").stdout)
+    assert parsed["status"] == 200
+    assert json.loads(parsed["body"])["headers"]["X-Test"] == ["1"]
+    status = json.loads(mesh.cli("status", "-o", "json").stdout)
+    assert {p["kind"] for p in status["proxies"]} == {"ztunnel", "waypoint"}
+    assert all(p["ready"] for p in status["proxies"])
+    assert status["control_plane"]["pid"] > 0
+
+
+def test_workload_waypoint_serves_pod_addressed_traffic(start_mesh):
+    mesh = start_mesh(
+        MESH
+        + """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: pod-waypoint, namespace: shop, labels: {istio.io/waypoint-for: workload}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lonely, namespace: shop, labels: {app: lonely, istio.io/use-waypoint: pod-waypoint}}
+spec:
+  containers:
+  - name: echo
+    image: waypost/echo
+    ports: [{name: http, containerPort: 9000}]
+""",
+        name="workload-waypoint",
+    )
+    lonely = next(w for w in mesh.state["workloads"] if w["pod"] == "lonely")
+    assert lonely["waypoint"] == "shop/pod-waypoint"
+    assert saw_request_id(mesh.request("shop/client", f"http://{lonely['address']}:9000/"))
+
+
+def test_two_meshes_run_side_by_side_and_down_leaves_nothing(start_mesh):
+    first = start_mesh(QUICKSTART, name="one")
+    second = start_mesh(QUICKSTART, name="two")
+    assert first.state["block"] != second.state["block"]
+    for mesh in (first, second):
+        assert echo_body(mesh.request("quickstart/client", "http://echo/v2"))["pod"].startswith("echo-v2-")
+    pids = [first.state["control_plane"]["pid"], *(p["pid"] for p in first.state["proxies"]), first.state["workloads_process"]["pid"]]
+    first.cli("down")
+    from waypost.local.state import pid_alive
+
+    assert not [pid for pid in pids if pid_alive(pid)]
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if _mentions(p, str(first.state_dir))]
+    # The other mesh is untouched.
+    assert echo_body(second.request("quickstart/client", "http://echo/v1"))["pod"].startswith("echo-v1-")
+
+
+def _mentions(cmdline: Path, text: str) -> bool:
+    try:
+        return text in cmdline.read_bytes().decode(errors="replace")
+    except OSError:
+        return False
