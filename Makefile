@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test golden clean down
+.PHONY: demo test golden bench clean down
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 # Regenerates the golden Envoy configs after an intended translation change; review the diff.
 golden: $(STAMP)
 	WAYPOST_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/golden
+
+# Benchmarks (not part of `make test`): prints tables and ratios measured side by side, writes bench/results/.
+bench: $(STAMP)
+	$(BIN)/python bench/data_path.py
 
 down: $(STAMP)
 	$(BIN)/waypost down
