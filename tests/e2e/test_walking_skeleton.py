@@ -194,3 +194,32 @@ def _mentions(cmdline: Path, text: str) -> bool:
         return text in cmdline.read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+def test_foreground_up_stops_everything_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import WAYPOST
+    from waypost.local.state import pid_alive
+
+    state_dir = tmp_path / "fg"
+    proc = subprocess.Popen([*WAYPOST, "up", "-f", str(QUICKSTART), "--state-dir", str(state_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while "mesh is ready" not in "".join(lines):
+            line = proc.stdout.readline()
+            assert line, "up exited before the mesh was ready"
+            lines.append(line)
+        state = json.loads((state_dir / "state.json").read_text())
+        children = [p["pid"] for p in state["proxies"]] + [state["workloads_process"]["pid"]]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 5
+        while any(pid_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in children if pid_alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -109,6 +109,40 @@ def hbone_cluster(name: str, address: str, identity: str, peer: str) -> dict[str
     }
 
 
+def hbone_pod_cluster(name: str, identity: str, peer: str) -> dict[str, Any]:
+    """HBONE to whichever pod IP was dialled, on its port 15008: one cluster per (client, pod identity).
+
+    The capture listener binds the pod IPs themselves, so the dialled address is the connection's local
+    address; `dial_pod_hbone()` puts `<that IP>:15008` in the filter state ORIGINAL_DST reads. All pods of
+    one identity share the cluster (and its TLS context) instead of one cluster per pod.
+    """
+    return {
+        "name": name,
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "connect_timeout": "5s",
+        "cleanup_interval": "60s",
+        "typed_extension_protocol_options": http2_options(),
+        "transport_socket": upstream_mtls(identity, peer),
+    }
+
+
+def dial_pod_hbone() -> dict[str, Any]:
+    """Network filter: the upstream of an ORIGINAL_DST cluster is the dialled pod IP, port 15008."""
+    return {
+        "name": "envoy.filters.network.set_filter_state",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
+            "on_new_connection": [
+                {
+                    "object_key": "envoy.network.transport_socket.original_dst_address",
+                    "format_string": {"text_format_source": {"inline_string": f"%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:{HBONE_PORT}"}},
+                }
+            ],
+        },
+    }
+
+
 def tunnel_tcp_proxy(stat_prefix: str, cluster: str, hostname: str) -> dict[str, Any]:
     """tcp_proxy that wraps the connection in an HTTP/2 CONNECT to `hostname` (HBONE)."""
     return {

@@ -31,6 +31,10 @@ def sa_key(identity: str) -> str:
     return identity.split("/ns/", 1)[1].replace("/sa/", "/")
 
 
+def _ip_key(address: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in address.split("."))
+
+
 def node_workloads(snapshot: MeshSnapshot, node: str) -> list[Workload]:
     return [w for w in snapshot.workloads if w.node == node]
 
@@ -87,7 +91,10 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                         "destination_port": port,
                         "source_prefix_ranges": [c.host_prefix(a) for a in sources[ident]],
                     },
-                    "filters": [
+                    "filters": (
+                        [c.dial_pod_hbone()] if cluster.startswith("hbone_pod|") else []
+                    )
+                    + [
                         c.tunnel_tcp_proxy(f"out_{sa_key(ident)}", cluster, hostname)
                         if hostname
                         else c.tcp_proxy(f"out_{sa_key(ident)}", cluster)
@@ -176,7 +183,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                         c.hbone_cluster(f"hbone_waypoint|{sa_key(ident)}|{waypoint.ref}", waypoint.address, ident, waypoint.identity)
                     )
                 else:
-                    name = add_cluster(c.hbone_cluster(f"hbone_node|{sa_key(ident)}|{pod.address}", pod.address, ident, pod.identity))
+                    name = add_cluster(c.hbone_pod_cluster(f"hbone_pod|{sa_key(ident)}|{sa_key(pod.identity)}", ident, pod.identity))
                 return name, "%DOWNSTREAM_LOCAL_ADDRESS%"
 
             source_chains(pod.address, port, pick)
@@ -194,12 +201,16 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                     "filters": [c.tcp_proxy(f"inbound_{port}", app)],
                 }
             )
+
+    # HBONE termination: one filter chain per pod identity (its certificate), covering all its pods.
+    for ident in sorted({p.identity for p in hbone_pods}):
+        addresses = sorted((p.address for p in hbone_pods if p.identity == ident), key=_ip_key)
         inbound_chains.append(
             {
-                "name": f"hbone|{pod.address}",
-                "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)]},
-                "transport_socket": c.downstream_mtls(pod.identity),
-                "filters": c.connect_terminate_filters(f"hbone_{pod.address}", [f"{pod.address}:*"], INBOUND_INTERNAL),
+                "name": f"hbone|{sa_key(ident)}",
+                "filter_chain_match": {"prefix_ranges": [c.host_prefix(a) for a in addresses]},
+                "transport_socket": c.downstream_mtls(ident),
+                "filters": c.connect_terminate_filters(f"hbone_{sa_key(ident)}", [f"{a}:*" for a in addresses], INBOUND_INTERNAL),
             }
         )
 
