@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, gateway, networking
+from . import core, gateway, httproute, networking
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -29,7 +29,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         core.Deployment,
         gateway.GatewayClass,
         gateway.Gateway,
-        gateway.HTTPRoute,
+        httproute.HTTPRoute,
         networking.WorkloadEntry,
     )
 }

@@ -1,99 +1,272 @@
 """HTTPRoute entries → Envoy RouteConfiguration for one service port in its waypoint.
 
-Without an attached route, the waypoint's default route applies (istio-ambient-semantics.md §3.5): all
-requests to the service's own endpoints, balanced per request, no timeout, Istio's default retry policy.
-Once a route attaches, only its rules apply and unmatched requests get Envoy's 404.
+Without an attached route the waypoint's default route applies (istio-ambient-semantics.md §3.5): all
+requests go to the service's own endpoints, balanced per request, with no timeout and Istio's default
+retry policy. Once a route attaches, only its rules apply, and unmatched requests get Envoy's 404.
+Consumer routes come first; each is matched on the client's namespace (the mTLS peer identity, kept in
+filter state by `connect_terminate`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from waypost.mesh.model import HTTPRouteEntry, MeshSnapshot, Service, ServicePort
+from waypost.mesh.model import (
+    Cors,
+    HeaderOps,
+    HTTPRouteEntry,
+    MeshSnapshot,
+    PathRewrite,
+    Redirect,
+    Service,
+    ServicePort,
+    ValueMatch,
+    WeightedBackend,
+    TRUST_DOMAIN,
+)
+
+from .common import PEER_PRINCIPAL_KEY
+
+CORS_FILTER = "envoy.filters.http.cors"
+T_CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
 
 # Istio's default retry policy for mesh HTTP routes (pilot/pkg/networking/core/route/retry/retry.go).
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+PREVIOUS_HOSTS = [
+    {
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+    }
+]
 DEFAULT_RETRY = {
-    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "retry_on": DEFAULT_RETRY_ON,
     "num_retries": 2,
     "retriable_status_codes": [503],
-    "retry_host_predicate": [
-        {
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
-        }
-    ],
+    "retry_host_predicate": PREVIOUS_HOSTS,
     "host_selection_retry_max_attempts": "5",
 }
+REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
+
+
+def cluster_name(backend: WeightedBackend | Any) -> str:
+    # A backend that cannot be resolved keeps its share: the missing cluster answers 500.
+    prefix = "outbound" if getattr(backend, "exists", True) else "missing"
+    return f"{prefix}|{backend.port}||{backend.service}"
+
+
+def _string_match(m: ValueMatch) -> dict[str, Any]:
+    return {"safe_regex": {"regex": m.value}} if m.regex else {"exact": m.value}
 
 
 def _match(entry: HTTPRouteEntry) -> dict[str, Any]:
     if entry.path_type == "Exact":
-        return {"path": entry.path}
-    if entry.path == "/":
-        return {"prefix": "/"}
-    # Gateway API prefixes match whole path segments: /v2 matches /v2 and /v2/x but not /v2example.
-    return {"path_separated_prefix": entry.path}
-
-
-def _action(entry: HTTPRouteEntry) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    """(route fields, existing backend (fqdn, port) pairs that need clusters)."""
-    live = [b for b in entry.backends if b.weight > 0]
-    if not live:
-        # No backendRefs, or all weights 0: the request cannot be forwarded (Gateway API: 500).
-        return {"direct_response": {"status": 500}}, []
-    needed = [(b.service, b.port) for b in live if b.exists]
-
-    def cluster(b) -> str:
-        # A missing backend keeps its share and gets 500 through a cluster name that does not exist.
-        return f"outbound|{b.port}||{b.service}" if b.exists else f"missing|{b.port}||{b.service}"
-
-    action: dict[str, Any] = {
-        "timeout": "0s",
-        "retry_policy": DEFAULT_RETRY,
-        "cluster_not_found_response_code": "INTERNAL_SERVER_ERROR",
-    }
-    if len(live) == 1:
-        action["cluster"] = cluster(live[0])
+        match: dict[str, Any] = {"path": entry.path}
+    elif entry.path_type == "RegularExpression":
+        match = {"safe_regex": {"regex": entry.path}}
+    elif entry.path == "/":
+        match = {"prefix": "/"}
     else:
-        action["weighted_clusters"] = {"clusters": [{"name": cluster(b), "weight": b.weight} for b in live]}
-    return {"route": action}, needed
+        # Gateway API prefixes match whole path segments: /v2 matches /v2 and /v2/x but not /v2example.
+        match = {"path_separated_prefix": entry.path}
+    headers = [{"name": h.name, "string_match": _string_match(h)} for h in entry.headers]
+    if entry.method:
+        headers.append({"name": ":method", "string_match": {"exact": entry.method}})
+    if headers:
+        match["headers"] = headers
+    if entry.query:
+        match["query_parameters"] = [{"name": q.name, "string_match": _string_match(q)} for q in entry.query]
+    if entry.consumer_namespace:
+        match["filter_state"] = [consumer_matcher(entry.consumer_namespace)]
+    return match
+
+
+def consumer_matcher(namespace: str) -> dict[str, Any]:
+    return {"key": PEER_PRINCIPAL_KEY, "string_match": {"prefix": f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/"}}
+
+
+def _header_ops(ops: HeaderOps, direction: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in ops.set]
+    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"} for k, v in ops.add]
+    if add:
+        out[f"{direction}_headers_to_add"] = add
+    if ops.remove:
+        out[f"{direction}_headers_to_remove"] = [n.lower() for n in ops.remove]
+    return out
+
+
+def _path_rewrite(rewrite: PathRewrite) -> dict[str, Any]:
+    """Gateway API path modifiers as Envoy rewrites (the table in gateway-api.md §2.4, URLRewrite row)."""
+    if rewrite.full:
+        return {"regex_rewrite": {"pattern": {"regex": "^/.*$"}, "substitution": rewrite.value}}
+    replacement = rewrite.value.rstrip("/")
+    prefix = rewrite.matched_prefix.rstrip("/")
+    if not prefix:
+        # Matched prefix "/": keep the rest of the path after the new prefix.
+        return {"regex_rewrite": {"pattern": {"regex": "^/"}, "substitution": f"{replacement}/"}}
+    if not replacement:
+        # Replacing with "" or "/": never produce an empty path or "//".
+        return {"regex_rewrite": {"pattern": {"regex": f"^{re.escape(prefix)}/*"}, "substitution": "/"}}
+    return {"prefix_rewrite": replacement}
+
+
+def _redirect(r: Redirect) -> dict[str, Any]:
+    out: dict[str, Any] = {"response_code": REDIRECT_CODES[r.status_code]}
+    if r.scheme:
+        out["scheme_redirect"] = r.scheme
+    if r.hostname:
+        out["host_redirect"] = r.hostname
+    if r.port:
+        out["port_redirect"] = r.port
+    if r.path:
+        if r.path.full:
+            out["path_redirect"] = r.path.value
+        else:
+            out.update(_path_rewrite(r.path))
+    return out
+
+
+def _cors_policy(c: Cors) -> dict[str, Any]:
+    origins = []
+    for origin in c.allow_origins:
+        if origin == "*":
+            origins.append({"safe_regex": {"regex": ".*"}})
+        elif "*" in origin:
+            origins.append({"safe_regex": {"regex": ".*".join(re.escape(part) for part in origin.split("*"))}})
+        else:
+            origins.append({"exact": origin})
+    policy: dict[str, Any] = {"@type": T_CORS_POLICY, "allow_origin_string_match": origins, "max_age": str(c.max_age)}
+    if c.allow_methods:
+        policy["allow_methods"] = ",".join(c.allow_methods)
+    if c.allow_headers:
+        policy["allow_headers"] = ",".join(c.allow_headers)
+    if c.expose_headers:
+        policy["expose_headers"] = ",".join(c.expose_headers)
+    if c.allow_credentials:
+        policy["allow_credentials"] = True
+    return policy
+
+
+def _retry(entry: HTTPRouteEntry) -> dict[str, Any] | None:
+    if entry.retry is None:
+        policy = dict(DEFAULT_RETRY)
+    elif entry.retry.attempts == 0:
+        return None
+    else:
+        # Gateway API retry: connection errors are retried too (GEP-1731); listed codes only.
+        policy = {
+            "retry_on": "connect-failure,refused-stream,unavailable,cancelled,reset" + (",retriable-status-codes" if entry.retry.codes else ""),
+            "num_retries": entry.retry.attempts,
+            "retry_host_predicate": PREVIOUS_HOSTS,
+            "host_selection_retry_max_attempts": "5",
+        }
+        if entry.retry.codes:
+            policy["retriable_status_codes"] = list(entry.retry.codes)
+        if entry.retry.backoff_ms:
+            policy["retry_back_off"] = {"base_interval": f"{entry.retry.backoff_ms / 1000:g}s"}
+        if entry.backend_timeout_ms:
+            policy["per_try_timeout"] = f"{entry.backend_timeout_ms / 1000:g}s"
+    return policy
+
+
+def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend]) -> dict[str, Any]:
+    action: dict[str, Any] = {"cluster_not_found_response_code": "INTERNAL_SERVER_ERROR"}
+    per_backend_filters = any(b.request_headers or b.response_headers for b in live)
+    if len(live) == 1 and not per_backend_filters:
+        action["cluster"] = cluster_name(live[0])
+    else:
+        clusters = []
+        for b in live:
+            item: dict[str, Any] = {"name": cluster_name(b), "weight": b.weight}
+            item.update(_header_ops(b.request_headers, "request"))
+            item.update(_header_ops(b.response_headers, "response"))
+            clusters.append(item)
+        action["weighted_clusters"] = {"clusters": clusters}
+    # Timeouts: `request` bounds the whole exchange; `backendRequest` each attempt (per-try with a
+    # retry stanza, else it is the route timeout). Unset means no timeout, as in Istio.
+    timeout_ms = entry.timeout_ms
+    if timeout_ms is None and entry.backend_timeout_ms is not None and entry.retry is None:
+        timeout_ms = entry.backend_timeout_ms
+    action["timeout"] = f"{(timeout_ms or 0) / 1000:g}s"
+    retry = _retry(entry)
+    if retry is not None:
+        action["retry_policy"] = retry
+    if entry.rewrite_host:
+        action["host_rewrite_literal"] = entry.rewrite_host
+    if entry.rewrite_path:
+        action.update(_path_rewrite(entry.rewrite_path))
+    if entry.mirrors:
+        action["request_mirror_policies"] = [
+            {"cluster": f"outbound|{m.port}||{m.service}"}
+            | (
+                {}
+                if m.per_million >= 1_000_000
+                else {"runtime_fraction": {"default_value": {"numerator": m.per_million, "denominator": "MILLION"}}}
+            )
+            for m in entry.mirrors
+        ]
+    return action
+
+
+def route(entry: HTTPRouteEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": entry.route_name, "match": _match(entry)}
+    live = [b for b in entry.backends if b.weight > 0]
+    if entry.direct_status is not None:
+        out["direct_response"] = {"status": entry.direct_status}
+    elif entry.redirect is not None:
+        out["redirect"] = _redirect(entry.redirect)
+    elif not live:
+        # No backendRefs, or every weight 0: the request cannot be forwarded (Gateway API: 500).
+        out["direct_response"] = {"status": 500}
+    else:
+        out["route"] = _forward(entry, live)
+    out.update(_header_ops(entry.request_headers, "request"))
+    out.update(_header_ops(entry.response_headers, "response"))
+    if entry.cors is not None:
+        out["typed_per_filter_config"] = {CORS_FILTER: _cors_policy(entry.cors)}
+    return out
+
+
+def needed_clusters(entries: tuple[HTTPRouteEntry, ...]) -> list[tuple[str, int]]:
+    needed = {(b.service, b.port) for e in entries for b in e.backends if b.exists and b.weight > 0}
+    needed |= {(m.service, m.port) for e in entries for m in e.mirrors}
+    return sorted(needed)
 
 
 def route_configuration(
     snapshot: MeshSnapshot, service: Service, port: ServicePort, name: str
 ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    default_cluster = f"inbound-vip|{port.port}|http|{service.fqdn}"
     attached = snapshot.routes_for(service.key, port.port)
     if attached is None or not attached.entries:
-        return default_route_config(name, f"inbound-vip|{port.port}|http|{service.fqdn}"), []
-    routes = []
-    needed: list[tuple[str, int]] = []
-    for entry in attached.entries:
-        fields, backends = _action(entry)
-        needed.extend(backends)
-        routes.append({"name": entry.route_name, "match": _match(entry), **fields})
-    config = {
-        "name": name,
-        "validate_clusters": False,
-        "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
-    }
-    return config, sorted(set(needed))
+        return default_route_config(name, default_cluster), []
+    routes: list[dict[str, Any]] = []
+    for namespace in attached.consumer_namespaces:
+        group = [e for e in attached.consumers if e.consumer_namespace == namespace]
+        routes.extend(route(e) for e in group)
+        # A client namespace with consumer routes uses only those: its unmatched requests get 404.
+        routes.append(
+            {
+                "name": f"consumer.{namespace}.unmatched",
+                "match": {"prefix": "/", "filter_state": [consumer_matcher(namespace)]},
+                "direct_response": {"status": 404},
+            }
+        )
+    routes.extend(route(e) for e in attached.producers)
+    if not attached.producers:
+        routes.append(_default_route(default_cluster))
+    config = {"name": name, "validate_clusters": False, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]}
+    return config, needed_clusters(attached.entries)
+
+
+def _default_route(cluster: str) -> dict[str, Any]:
+    return {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s", "retry_policy": DEFAULT_RETRY}}
 
 
 def default_route_config(name: str, cluster: str) -> dict[str, Any]:
     return {
         "name": name,
         "validate_clusters": False,
-        "virtual_hosts": [
-            {
-                "name": name,
-                "domains": ["*"],
-                "routes": [
-                    {
-                        "name": "default",
-                        "match": {"prefix": "/"},
-                        "route": {"cluster": cluster, "timeout": "0s", "retry_policy": DEFAULT_RETRY},
-                    }
-                ],
-            }
-        ],
+        "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [_default_route(cluster)]}],
     }

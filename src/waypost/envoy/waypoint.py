@@ -63,7 +63,11 @@ def _hcm(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
             **route,
-            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}}],
+            "http_filters": [
+                # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
+                {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
+            ],
         },
     }
 

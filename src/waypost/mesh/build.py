@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from waypost.api.core import Deployment, Namespace, Pod, Service as ServiceResource
-from waypost.api.gateway import Gateway, GatewayClass, HTTPRoute
+from waypost.api.gateway import Gateway, GatewayClass
+from waypost.api.httproute import HTTPRoute
 from waypost.api.meta import Resource
 from waypost.api.networking import WorkloadEntry
 

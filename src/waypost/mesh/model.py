@@ -168,23 +168,102 @@ class Service:
 
 
 @dataclass(frozen=True)
+class HeaderOps:
+    """RequestHeaderModifier / ResponseHeaderModifier: set replaces, add appends, remove deletes."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True)
 class WeightedBackend:
-    service: str  # FQDN of the backend Service (may name a Service that does not exist: that share gets 500)
+    service: str  # FQDN of the backend Service
     port: int
     weight: int
-    exists: bool
+    exists: bool  # False: that share of requests gets 500 (missing Service, bad kind, unsupported filter)
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    name: str
+    value: str
+    regex: bool = False
+
+
+@dataclass(frozen=True)
+class PathRewrite:
+    """ReplaceFullPath (full=True) or ReplacePrefixMatch of `matched_prefix` by `value`."""
+
+    value: str
+    full: bool
+    matched_prefix: str = "/"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    scheme: str | None
+    hostname: str | None
+    port: int | None
+    path: PathRewrite | None
+    status_code: int
+
+
+@dataclass(frozen=True)
+class Mirror:
+    service: str
+    port: int
+    per_million: int  # share of requests mirrored, in millionths
+
+
+@dataclass(frozen=True)
+class Cors:
+    allow_origins: tuple[str, ...]
+    allow_credentials: bool
+    allow_methods: tuple[str, ...]
+    allow_headers: tuple[str, ...]
+    expose_headers: tuple[str, ...]
+    max_age: int
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    attempts: int
+    codes: tuple[int, ...]
+    backoff_ms: int | None
 
 
 @dataclass(frozen=True)
 class HTTPRouteEntry:
-    """One match of one rule of one HTTPRoute, in final precedence order within its service port."""
+    """One match of one rule of one HTTPRoute (or GRPCRoute), in final precedence order within its port."""
 
-    route: str  # namespace/name of the HTTPRoute
+    route: str  # namespace/name of the route
     rule_index: int
     rule_name: str | None
-    path_type: str  # Exact | PathPrefix
+    path_type: str  # Exact | PathPrefix | RegularExpression
     path: str
     backends: tuple[WeightedBackend, ...]
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+    method: str | None = None
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
+    redirect: Redirect | None = None
+    rewrite_host: str | None = None
+    rewrite_path: PathRewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    cors: Cors | None = None
+    timeout_ms: int | None = None  # None: no timeouts stanza
+    backend_timeout_ms: int | None = None
+    retry: RetrySpec | None = None  # None: Istio's default retry policy
+    direct_status: int | None = None  # answer locally (500 for an unresolvable ExtensionRef filter)
+    consumer_namespace: str | None = None  # consumer route: applies only to clients in this namespace
+    kind: str = "HTTPRoute"
 
     @property
     def route_name(self) -> str:
@@ -194,11 +273,22 @@ class HTTPRouteEntry:
 
 @dataclass(frozen=True)
 class ServiceRoutes:
-    """The HTTP routing of one service port in its waypoint. No entries = the default route (spec §3.5)."""
+    """The HTTP routing of one service port in its waypoint.
+
+    `consumers` hold consumer-route entries (each names its client namespace), grouped by namespace in
+    `consumer_namespaces` order; `producers` apply to every other client. No producer entries: the
+    default route (spec §3.5) serves the other clients.
+    """
 
     service: str  # namespace/name
     port: int
-    entries: tuple[HTTPRouteEntry, ...]
+    consumers: tuple[HTTPRouteEntry, ...]
+    producers: tuple[HTTPRouteEntry, ...]
+    consumer_namespaces: tuple[str, ...] = ()
+
+    @property
+    def entries(self) -> tuple[HTTPRouteEntry, ...]:
+        return self.consumers + self.producers
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,35 @@
-"""HTTPRoute attachment to Services (GAMMA), precedence, and route status conditions.
+"""Route attachment to Services (GAMMA) and to the waypoint, and route status conditions.
 
-Rules followed (shared/spec/gateway-api.md §1–§2, istio-ambient-semantics.md §3):
+Rules followed (shared/spec/gateway-api.md §1, §4; istio-ambient-semantics.md §3):
 - a parentRef `{group: "", kind: Service}` attaches to the Service frontend; `port` narrows it to one
-  service port, `sectionName` is the port name;
-- the waypoint applies producer routes (route namespace == Service namespace) and routes in the
-  waypoint's own namespace; consumer routes are Accepted but not applied by a waypoint (Istio's
-  `getVirtualServiceForWaypoint`);
-- a parentRef to the waypoint Gateway itself: `Accepted=False/NotAllowedByListeners` (its HBONE listener
-  supports no route kinds);
-- precedence: Exact path, longest prefix, (method, headers, query params: later), oldest route,
-  namespace/name, rule order.
+  service port and `sectionName` names a port; both must match when both are given;
+- producer routes (route namespace == Service namespace) and, as in Istio, routes in the waypoint's own
+  namespace apply to every client;
+- **consumer routes** (any other namespace) apply only to clients of the route's namespace. Istio's
+  waypoints ignore them; waypost keys them on the client identity the waypoint has from mTLS. A client
+  namespace with consumer routes for a port uses only those (GEP-1294: the groups are exclusive);
+- a parentRef to the waypoint `Gateway` attaches the route to every Service the waypoint serves, for
+  ports that no Service-attached route of the same group claims (the Service is the more specific
+  parent). This is waypost's reading of "attach to the entire waypoint"; Istio reports
+  `NotAllowedByListeners` instead;
+- a rule that cannot be programmed (invalid RE2 expression, sessionPersistence) is dropped with
+  `PartiallyInvalid`, or the route is `Accepted=False/UnsupportedValue` when no rule is left.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from waypost.api.gateway import HTTPRoute, ParentReference
+from waypost.api.httproute import HTTPRoute, ParentReference
 
-from .model import (
-    Condition,
-    HTTPRouteEntry,
-    ResourceStatus,
-    Service,
-    ServiceRoutes,
-    WaypointRef,
-    WeightedBackend,
-    service_fqdn,
-)
+from .http import BackendResolver, rule_entries
+from .model import Condition, HTTPRouteEntry, ResourceStatus, Service, ServiceRoutes, WaypointRef
 from .waypoints import USE_WAYPOINT
 
 ACCEPTED = "Accepted"
 RESOLVED_REFS = "ResolvedRefs"
 RESOLVED_WAYPOINTS = "ResolvedWaypoints"
+CONTROLLER_NAME = "waypost.io/mesh-controller"
 
 
 def parent_text(ref: ParentReference, route_ns: str) -> str:
@@ -50,7 +47,7 @@ def _is_service_ref(ref: ParentReference) -> bool:
 
 
 def _ports_of_parent(ref: ParentReference, service: Service) -> list[int]:
-    ports = [p for p in service.ports]
+    ports = [p for p in service.ports if p.is_http or p.protocol == "UNKNOWN"]
     if ref.port is not None:
         ports = [p for p in ports if p.port == ref.port]
     if ref.section_name is not None:
@@ -58,35 +55,12 @@ def _ports_of_parent(ref: ParentReference, service: Service) -> list[int]:
     return [p.port for p in ports]
 
 
-def _backends(
-    route: HTTPRoute, rule_index: int, services: Mapping[str, Service]
-) -> tuple[tuple[WeightedBackend, ...], list[Condition]]:
-    problems: list[Condition] = []
-    out = []
-    for ref in route.spec.rules[rule_index].backend_refs:
-        ns = ref.namespace or route.namespace
-        if ref.kind != "Service" or ref.group not in ("", "core"):
-            problems.append(
-                Condition(RESOLVED_REFS, "False", "InvalidKind", f"referencing unsupported backendRef: group {ref.group!r} kind {ref.kind!r}")
-            )
-            out.append(WeightedBackend(service_fqdn(ns, ref.name), ref.port or 0, ref.weight, exists=False))
-            continue
-        service = services.get(f"{ns}/{ref.name}")
-        exists = service is not None and service.port(ref.port or 0) is not None
-        if service is None:
-            problems.append(Condition(RESOLVED_REFS, "False", "BackendNotFound", f"backend({ref.name}.{ns}) not found"))
-        elif not exists:
-            problems.append(
-                Condition(RESOLVED_REFS, "False", "BackendNotFound", f"backend({ref.name}.{ns}) has no port {ref.port}")
-            )
-        out.append(WeightedBackend(service_fqdn(ns, ref.name), ref.port or 0, ref.weight, exists=exists))
-    return tuple(out), problems
+def _with_consumer(entry: HTTPRouteEntry, namespace: str | None) -> HTTPRouteEntry:
+    if namespace is None:
+        return entry
+    from dataclasses import replace
 
-
-def _sort_key(route: HTTPRoute, rule_index: int, match_index: int, path_type: str, path: str):
-    type_rank = {"Exact": 0, "PathPrefix": 1}.get(path_type, 2)
-    created = route.metadata.creation_timestamp or ""
-    return (type_rank, -len(path), created, route.namespace, route.name, rule_index, match_index)
+    return replace(entry, consumer_namespace=namespace)
 
 
 def attach(
@@ -97,23 +71,40 @@ def attach(
     service_labels: Mapping[str, Mapping[str, str]],
 ) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...]]:
     """Route entries per (service, port) as the service's waypoint applies them, plus route statuses."""
-    collected: dict[tuple[str, int], list[tuple[tuple, HTTPRouteEntry]]] = {}
+    resolver = BackendResolver(services)
+    # (service, port) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
+    by_service: dict[tuple[str, int], dict[str | None, list]] = {}
+    by_waypoint: dict[WaypointRef, dict[str | None, list]] = {}
     statuses: list[ResourceStatus] = []
     for route in routes:
+        results = [rule_entries(route, i, rule, resolver) for i, rule in enumerate(route.spec.rules)]
+        valid = [r for r in results if r.invalid is None]
+        dropped = [(i, r.invalid) for i, r in enumerate(results) if r.invalid is not None]
+        ref_problems = [c for r in results for c in r.ref_problems]
+        resolved = ref_problems[0] if ref_problems else Condition(RESOLVED_REFS, "True", "ResolvedRefs", "All references resolved")
+        if not valid:
+            accepted = Condition(ACCEPTED, "False", "UnsupportedValue", "; ".join(f"rule {i}: {why}" for i, why in dropped))
+        else:
+            accepted = Condition(ACCEPTED, "True", "Accepted", "Route was valid")
+        extra = ()
+        if valid and dropped:
+            extra = (Condition("PartiallyInvalid", "True", "UnsupportedValue", "Dropped Rule " + "; ".join(f"{i}: {why}" for i, why in dropped)),)
+        entries = [e for r in valid for e in r.entries]
         parents: list[tuple[str, tuple[Condition, ...]]] = []
-        rule_backends = [_backends(route, i, services) for i in range(len(route.spec.rules))]
-        ref_problems = [c for _, problems in rule_backends for c in problems]
-        resolved = (
-            ref_problems[0] if ref_problems else Condition(RESOLVED_REFS, "True", "ResolvedRefs", "All references resolved")
-        )
         for ref in route.spec.parent_refs:
             text = parent_text(ref, route.namespace)
             ns = ref.namespace or route.namespace
             if ref.kind == "Gateway" and ref.group == "gateway.networking.k8s.io":
-                if WaypointRef(ns, ref.name) in waypoint_gateways:
-                    parents.append((text, (Condition(ACCEPTED, "False", "NotAllowedByListeners",
-                                                     "waypoint listeners (HBONE) do not accept routes; attach to a Service instead"),)))
-                # Other Gateways (ingress) are not handled by waypost: no status, like another controller's.
+                wref = WaypointRef(ns, ref.name)
+                if wref not in waypoint_gateways:
+                    continue  # not a waypoint: another controller's Gateway, no status of ours
+                if ref.port not in (None, 15008) or ref.section_name not in (None, "mesh", *_listener_names(waypoint_gateways[wref])):
+                    parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", "no waypoint listener matches the port or sectionName"),)))
+                    continue
+                parents.append((text, (accepted, resolved, *extra)))
+                if valid:
+                    group = None if route.namespace == ns else route.namespace
+                    by_waypoint.setdefault(wref, {}).setdefault(group, []).extend(entries)
                 continue
             if not _is_service_ref(ref):
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
@@ -124,8 +115,7 @@ def attach(
                 continue
             ports = _ports_of_parent(ref, service)
             if not ports:
-                parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent",
-                                                 f"parent service {ns}/{ref.name} has no matching port"),)))
+                parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching HTTP port"),)))
                 continue
             labelled = USE_WAYPOINT in service_labels.get(service.key, {}) or USE_WAYPOINT in namespace_labels.get(ns, {})
             waypoints_condition = Condition(
@@ -136,33 +126,35 @@ def attach(
                 if labelled
                 else "istio.io/use-waypoint label missing from parent and parent namespace; in ambient mode, route will not be respected",
             )
-            parents.append((text, (Condition(ACCEPTED, "True", "Accepted", "Route was valid"), resolved, waypoints_condition)))
-            # Producer routes and routes in the waypoint's namespace are applied; consumer routes are not.
-            applies = route.namespace == service.namespace or (
+            parents.append((text, (accepted, resolved, waypoints_condition, *extra)))
+            if not valid:
+                continue
+            producer = route.namespace == service.namespace or (
                 service.waypoint is not None and route.namespace == service.waypoint.namespace
             )
-            if not applies:
-                continue
-            for rule_index, rule in enumerate(route.spec.rules):
-                backends, _ = rule_backends[rule_index]
-                for match_index, match in enumerate(rule.matches):
-                    path = match.path.value
-                    if match.path.type == "PathPrefix" and len(path) > 1:
-                        path = path.rstrip("/")  # a trailing slash is ignored for prefixes
-                    entry = HTTPRouteEntry(
-                        route=f"{route.namespace}/{route.name}",
-                        rule_index=rule_index,
-                        rule_name=rule.name,
-                        path_type=match.path.type,
-                        path=path,
-                        backends=backends,
-                    )
-                    key = _sort_key(route, rule_index, match_index, match.path.type, path)
-                    for port in ports:
-                        collected.setdefault((service.key, port), []).append((key, entry))
+            group = None if producer else route.namespace
+            for port in ports:
+                by_service.setdefault((service.key, port), {}).setdefault(group, []).extend(entries)
         statuses.append(ResourceStatus("HTTPRoute", route.namespace, route.name, (), tuple(parents)))
+
+    # Waypoint-attached routes fill in, per group, where no Service-attached route of that group exists.
+    for service in services.values():
+        if service.waypoint is None or service.waypoint not in by_waypoint:
+            continue
+        for port in (p.port for p in service.ports if p.is_http or p.protocol == "UNKNOWN"):
+            groups = by_service.setdefault((service.key, port), {})
+            for group, items in by_waypoint[service.waypoint].items():
+                groups.setdefault(group, list(items))
+
     result = []
-    for (service_key, port), items in sorted(collected.items()):
-        entries = tuple(entry for _, entry in sorted(items, key=lambda kv: kv[0]))
-        result.append(ServiceRoutes(service_key, port, entries))
+    for (service_key, port), groups in sorted(by_service.items()):
+        ordered: list[HTTPRouteEntry] = []
+        for group in sorted(g for g in groups if g is not None):
+            ordered.extend(_with_consumer(e, group) for _, e in sorted(groups[group], key=lambda kv: kv[0]))
+        producers = [e for _, e in sorted(groups.get(None, []), key=lambda kv: kv[0])]
+        result.append(ServiceRoutes(service_key, port, tuple(ordered), tuple(producers), tuple(sorted(g for g in groups if g is not None))))
     return tuple(result), tuple(statuses)
+
+
+def _listener_names(gateway) -> tuple[str, ...]:
+    return tuple(listener.name for listener in gateway.spec.listeners)
