@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, gateway, httproute, networking
+from . import core, gateway, grpcroute, httproute, networking
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -30,6 +30,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         gateway.GatewayClass,
         gateway.Gateway,
         httproute.HTTPRoute,
+        grpcroute.GRPCRoute,
         networking.WorkloadEntry,
     )
 }
@@ -49,7 +50,6 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Sidecar"): "networking",
     ("networking.istio.io", "WorkloadGroup"): "networking",
     ("telemetry.istio.io", "Telemetry"): "telemetry",
-    ("gateway.networking.k8s.io", "GRPCRoute"): "routing",
     ("gateway.networking.k8s.io", "TCPRoute"): "routing",
     ("gateway.networking.k8s.io", "TLSRoute"): "routing",
     ("gateway.networking.k8s.io", "UDPRoute"): "routing",

@@ -178,7 +178,7 @@ def status(
 
 @app.command()
 def request(
-    url: str = typer.Argument(..., help="http://HOST[:PORT]/PATH; HOST is a service name, VIP or pod IP."),
+    url: str = typer.Argument(..., help="http://HOST[:PORT]/PATH or grpc://HOST:PORT[/pkg.Service/Method]; HOST is a service name, VIP or pod IP."),
     source: str = typer.Option(..., "--from", help="NAMESPACE/NAME of the sending workload (Deployment or Pod)."),
     method: str = typer.Option("GET", "-X", "--request"),
     header: list[str] = typer.Option([], "-H", "--header", help="'Name: value' (repeatable)."),
@@ -188,7 +188,7 @@ def request(
     state_dir: Optional[str] = StateOpt,
 ) -> None:
     """Send one HTTP request from a workload, through the mesh like the pod's own traffic."""
-    from waypost.local.client import RequestError, send
+    from waypost.local.client import RequestError, send, send_grpc
 
     state = _state(state_dir)
     current = state.read_state()
@@ -202,6 +202,12 @@ def request(
         name, value = h.split(":", 1)
         headers.append((name.strip(), value.strip()))
     try:
+        if url.startswith("grpc://"):
+            # grpc://HOST[:PORT][/package.Service/Method]: one unary call, metadata from -H, message from -d.
+            target, _, path = url[len("grpc://") :].partition("/")
+            grpc_response = send_grpc(current, source, target, f"/{path}" if path else "/proto.EchoTestService/Echo", metadata=headers, message=data or "")
+            typer.echo(json.dumps(grpc_response.as_json()) if output == "json" else render.grpc_response(grpc_response))
+            return
         response = send(current, source, url, method=method.upper(), headers=headers, body=data, http2=http2)
     except RequestError as exc:
         _fail(str(exc))

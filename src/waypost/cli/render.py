@@ -45,3 +45,9 @@ def response(r: Any) -> str:
     lines = [f"{version} {r.status}"]
     lines += [f"{k}: {v}" for k, v in r.headers]
     return "\n".join(lines) + "\n\n" + r.body
+
+
+def grpc_response(r: Any) -> str:
+    lines = [f"grpc-status: {r.grpc_status}" + (f" ({r.grpc_message})" if r.grpc_message else "")]
+    lines += [f"{k}: {v}" for k, v in r.headers + r.trailers]
+    return "\n".join(lines) + "\n\n" + r.message

@@ -171,7 +171,9 @@ def _retry(entry: HTTPRouteEntry) -> dict[str, Any] | None:
 
 
 def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend]) -> dict[str, Any]:
-    action: dict[str, Any] = {"cluster_not_found_response_code": "INTERNAL_SERVER_ERROR"}
+    # An invalid backend's share: HTTP 500, or gRPC UNAVAILABLE (a 503 local reply) for GRPCRoute.
+    not_found = "SERVICE_UNAVAILABLE" if entry.kind == "GRPCRoute" else "INTERNAL_SERVER_ERROR"
+    action: dict[str, Any] = {"cluster_not_found_response_code": not_found}
     per_backend_filters = any(b.request_headers or b.response_headers for b in live)
     if len(live) == 1 and not per_backend_filters:
         action["cluster"] = cluster_name(live[0])
@@ -217,8 +219,8 @@ def route(entry: HTTPRouteEntry) -> dict[str, Any]:
     elif entry.redirect is not None:
         out["redirect"] = _redirect(entry.redirect)
     elif not live:
-        # No backendRefs, or every weight 0: the request cannot be forwarded (Gateway API: 500).
-        out["direct_response"] = {"status": 500}
+        # No backendRefs, or every weight 0: the request cannot be forwarded (Gateway API: 500; gRPC UNAVAILABLE).
+        out["direct_response"] = {"status": 503 if entry.kind == "GRPCRoute" else 500}
     else:
         out["route"] = _forward(entry, live)
     out.update(_header_ops(entry.request_headers, "request"))

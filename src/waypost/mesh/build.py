@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from waypost.api.core import Deployment, Namespace, Pod, Service as ServiceResource
 from waypost.api.gateway import Gateway, GatewayClass
+from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute
 from waypost.api.meta import Resource
 from waypost.api.networking import WorkloadEntry
@@ -160,7 +161,7 @@ def build(
             statuses.append(ResourceStatus("Service", svc.namespace, svc.name, (service_binding.condition,)))
 
     routes, route_statuses = route_attachment.attach(
-        sorted(of(HTTPRoute), key=lambda r: (r.namespace, r.name)),
+        sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
         waypoint_gateways,
         namespace_labels,

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute, ParentReference
 
-from .http import BackendResolver, rule_entries
+from . import grpc, http
+from .http import BackendResolver
 from .model import Condition, HTTPRouteEntry, ResourceStatus, Service, ServiceRoutes, WaypointRef
 from .waypoints import USE_WAYPOINT
 
@@ -63,8 +65,12 @@ def _with_consumer(entry: HTTPRouteEntry, namespace: str | None) -> HTTPRouteEnt
     return replace(entry, consumer_namespace=namespace)
 
 
+# GEP-1294: when several route kinds bind to one Service port, only the highest kind applies.
+KIND_PRECEDENCE = ("GRPCRoute", "HTTPRoute")
+
+
 def attach(
-    routes: list[HTTPRoute],
+    routes: list[HTTPRoute | GRPCRoute],
     services: Mapping[str, Service],
     waypoint_gateways: Mapping[WaypointRef, object],
     namespace_labels: Mapping[str, Mapping[str, str]],
@@ -72,11 +78,13 @@ def attach(
 ) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...]]:
     """Route entries per (service, port) as the service's waypoint applies them, plus route statuses."""
     resolver = BackendResolver(services)
-    # (service, port) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
-    by_service: dict[tuple[str, int], dict[str | None, list]] = {}
-    by_waypoint: dict[WaypointRef, dict[str | None, list]] = {}
+    # (service, port, kind) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
+    by_service: dict[tuple[str, int, str], dict[str | None, list]] = {}
+    by_waypoint: dict[tuple[WaypointRef, str], dict[str | None, list]] = {}
     statuses: list[ResourceStatus] = []
+    claims: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}  # (kind, ns, name, parent) -> ports
     for route in routes:
+        rule_entries = grpc.rule_entries if route.KIND == "GRPCRoute" else http.rule_entries
         results = [rule_entries(route, i, rule, resolver) for i, rule in enumerate(route.spec.rules)]
         valid = [r for r in results if r.invalid is None]
         dropped = [(i, r.invalid) for i, r in enumerate(results) if r.invalid is not None]
@@ -104,7 +112,7 @@ def attach(
                 parents.append((text, (accepted, resolved, *extra)))
                 if valid:
                     group = None if route.namespace == ns else route.namespace
-                    by_waypoint.setdefault(wref, {}).setdefault(group, []).extend(entries)
+                    by_waypoint.setdefault((wref, route.KIND), {}).setdefault(group, []).extend(entries)
                 continue
             if not _is_service_ref(ref):
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
@@ -134,26 +142,54 @@ def attach(
             )
             group = None if producer else route.namespace
             for port in ports:
-                by_service.setdefault((service.key, port), {}).setdefault(group, []).extend(entries)
-        statuses.append(ResourceStatus("HTTPRoute", route.namespace, route.name, (), tuple(parents)))
+                by_service.setdefault((service.key, port, route.KIND), {}).setdefault(group, []).extend(entries)
+            claims[(route.KIND, route.namespace, route.name, text)] = [(service.key, port) for port in ports]
+        statuses.append(ResourceStatus(route.KIND, route.namespace, route.name, (), tuple(parents)))
 
     # Waypoint-attached routes fill in, per group, where no Service-attached route of that group exists.
     for service in services.values():
-        if service.waypoint is None or service.waypoint not in by_waypoint:
+        if service.waypoint is None:
             continue
-        for port in (p.port for p in service.ports if p.is_http or p.protocol == "UNKNOWN"):
-            groups = by_service.setdefault((service.key, port), {})
-            for group, items in by_waypoint[service.waypoint].items():
-                groups.setdefault(group, list(items))
+        for kind in KIND_PRECEDENCE:
+            if (service.waypoint, kind) not in by_waypoint:
+                continue
+            for port in (p.port for p in service.ports if p.is_http or p.protocol == "UNKNOWN"):
+                groups = by_service.setdefault((service.key, port, kind), {})
+                for group, items in by_waypoint[(service.waypoint, kind)].items():
+                    groups.setdefault(group, list(items))
+
+    # Route kinds on one port: the highest kind wins; a parentRef that lost all its ports is Conflicted.
+    winners: dict[tuple[str, int], str] = {}
+    for service_key, port, kind in by_service:
+        current = winners.get((service_key, port))
+        if current is None or KIND_PRECEDENCE.index(kind) < KIND_PRECEDENCE.index(current):
+            winners[(service_key, port)] = kind
+    statuses = [_mark_conflicts(st, claims, winners) for st in statuses]
 
     result = []
-    for (service_key, port), groups in sorted(by_service.items()):
+    for (service_key, port, kind), groups in sorted(by_service.items()):
+        if winners[(service_key, port)] != kind:
+            continue
         ordered: list[HTTPRouteEntry] = []
         for group in sorted(g for g in groups if g is not None):
             ordered.extend(_with_consumer(e, group) for _, e in sorted(groups[group], key=lambda kv: kv[0]))
         producers = [e for _, e in sorted(groups.get(None, []), key=lambda kv: kv[0])]
         result.append(ServiceRoutes(service_key, port, tuple(ordered), tuple(producers), tuple(sorted(g for g in groups if g is not None))))
     return tuple(result), tuple(statuses)
+
+
+def _mark_conflicts(status: ResourceStatus, claims, winners) -> ResourceStatus:
+    parents = []
+    for text, conditions in status.parents:
+        ports = claims.get((status.kind, status.namespace, status.name, text), [])
+        if ports and all(winners.get(p) != status.kind for p in ports):
+            winner = winners[ports[0]]
+            conditions = (
+                Condition(ACCEPTED, "False", "Conflicted", f"a {winner} is attached to the same port and takes precedence"),
+                *conditions[1:],
+            )
+        parents.append((text, conditions))
+    return ResourceStatus(status.kind, status.namespace, status.name, status.conditions, tuple(parents))
 
 
 def _listener_names(gateway) -> tuple[str, ...]:
