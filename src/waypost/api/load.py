@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, gateway, grpcroute, httproute, networking
+from . import core, gateway, grpcroute, httproute, l4routes, networking
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -31,6 +31,8 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         gateway.Gateway,
         httproute.HTTPRoute,
         grpcroute.GRPCRoute,
+        l4routes.TCPRoute,
+        l4routes.TLSRoute,
         networking.WorkloadEntry,
     )
 }
@@ -50,8 +52,6 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Sidecar"): "networking",
     ("networking.istio.io", "WorkloadGroup"): "networking",
     ("telemetry.istio.io", "Telemetry"): "telemetry",
-    ("gateway.networking.k8s.io", "TCPRoute"): "routing",
-    ("gateway.networking.k8s.io", "TLSRoute"): "routing",
     ("gateway.networking.k8s.io", "UDPRoute"): "routing",
     ("gateway.networking.k8s.io", "ReferenceGrant"): "routing",
     ("gateway.networking.k8s.io", "BackendTLSPolicy"): "routing",

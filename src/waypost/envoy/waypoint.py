@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Waypoint, Workload
+from waypost.mesh.model import Endpoint, L4Routes, MeshSnapshot, Service, Waypoint, Workload
 from waypost.mesh.registry import port_protocol
 
 from . import common as c
@@ -84,12 +84,50 @@ def _chains(name: str, match: dict[str, Any], protocol: str, http_filter: dict[s
     return [{"name": name, "filter_chain_match": match, "filters": [tcp_filter]}]
 
 
+def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[str, Any], l4: L4Routes, add_cluster) -> list[dict[str, Any]]:
+    """TCPRoute/TLSRoute: weighted tcp_proxy per route; TLSRoutes select by SNI (no SNI match: refused)."""
+    chains = []
+    claimed: set[str] = set()  # an SNI (or "" = any) belongs to the oldest route naming it
+    for index, entry in enumerate(l4.entries):
+        names = [h for h in entry.hostnames if h not in claimed] if entry.hostnames else []
+        if (entry.hostnames and not names) or (not entry.hostnames and "" in claimed):
+            continue
+        claimed.update(names or [""])
+        weighted = []
+        for b in entry.backends:
+            if b.weight == 0:
+                continue
+            name = f"outbound|{b.port}|tcp|{b.service}" if b.exists else f"missing|{b.port}|tcp|{b.service}"
+            if b.exists:
+                backend = snapshot.service_by_fqdn(b.service)
+                assert backend is not None
+                add_cluster(endpoint_cluster(name, backend.endpoints_for(b.port), None))
+            weighted.append({"name": name, "weight": b.weight})
+        stat = f"{l4.kind.lower()}_{service.namespace}_{service.name}_{port}"
+        proxy = (
+            {"name": "envoy.filters.network.tcp_proxy", "typed_config": {"@type": c.T_TCP_PROXY, "stat_prefix": stat, "weighted_clusters": {"clusters": weighted}}}
+            if weighted
+            else c.tcp_proxy(stat, "BlackHoleCluster")
+        )
+        chain_match = dict(match)
+        if names:
+            chain_match["server_names"] = names
+        chains.append({"name": f"{service.fqdn}:{port}|{l4.kind}|{index}", "filter_chain_match": chain_match, "filters": [proxy]})
+    return chains
+
+
+def _not_ports(ports: set[int]) -> dict[str, Any]:
+    rules = [{"destination_port_range": {"start": p, "end": p + 1}} for p in sorted(ports)]
+    return {"not_match": rules[0] if len(rules) == 1 else {"or_match": {"rules": rules}}}
+
+
 def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict[str, Any]]]:
     clusters: dict[str, dict[str, Any]] = {}
     routes: list[dict[str, Any]] = []
     chains: list[dict[str, Any]] = []
     domains: list[str] = []
-    sniff = False
+    sniff_ports: set[int] = set()  # ports whose protocol is sniffed (http_inspector)
+    tls_ports: set[int] = set()  # ports with TLSRoutes (tls_inspector reads the SNI)
 
     def add_cluster(cluster: dict[str, Any]) -> str:
         clusters.setdefault(cluster["name"], cluster)
@@ -113,7 +151,14 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     bp = backend_service.port(port)
                     bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
                     add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp))
-            sniff = sniff or sp.protocol == "UNKNOWN"
+            l4 = snapshot.l4routes_for(service.key, sp.port)
+            if l4 is not None:
+                if l4.kind == "TLSRoute":
+                    tls_ports.add(sp.port)
+                chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster))
+                continue
+            if sp.protocol == "UNKNOWN":
+                sniff_ports.add(sp.port)
             chains.extend(
                 _chains(
                     f"{service.fqdn}:{sp.port}",
@@ -131,7 +176,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             endpoint = (Endpoint(workload.key, workload.address, wp.port, hbone=True),)
             http_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|http|{workload.address}", endpoint, "auto"))
             tcp_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|tcp|{workload.address}", endpoint, None))
-            sniff = sniff or protocol == "UNKNOWN"
+            if protocol == "UNKNOWN":
+                sniff_ports.add(wp.port)
             chains.extend(
                 _chains(
                     f"{workload.address}:{wp.port}",
@@ -143,8 +189,16 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             )
 
     listener_filters = [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": c.T_ORIGINAL_DST}}]
-    if sniff:
-        listener_filters.append({"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": c.T_HTTP_INSPECTOR}})
+    # Inspectors wait for the client's first bytes, which would stall server-first protocols on other
+    # ports: each runs only on the ports that need it.
+    if sniff_ports:
+        listener_filters.append(
+            {"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": c.T_HTTP_INSPECTOR}, "filter_disabled": _not_ports(sniff_ports)}
+        )
+    if tls_ports:
+        listener_filters.append(
+            {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": c.T_TLS_INSPECTOR}, "filter_disabled": _not_ports(tls_ports)}
+        )
     listeners = [
         {
             "name": CONNECT_TERMINATE,

@@ -8,10 +8,11 @@ from waypost.api.core import Deployment, Namespace, Pod, Service as ServiceResou
 from waypost.api.gateway import Gateway, GatewayClass
 from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute
+from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meta import Resource
 from waypost.api.networking import WorkloadEntry
 
-from . import registry, routes as route_attachment, waypoints as binding
+from . import l4routes, registry, routes as route_attachment, waypoints as binding
 from .addresses import AddressPlan
 from .model import Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload
 
@@ -168,6 +169,12 @@ def build(
         {f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
     )
     statuses.extend(route_statuses)
+    l4, l4_statuses = l4routes.attach(
+        sorted([*of(TCPRoute), *of(TLSRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
+        services,
+        {(r.service, r.port) for r in routes},
+    )
+    statuses.extend(l4_statuses)
     return MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
@@ -176,6 +183,7 @@ def build(
         waypoints=tuple(waypoints.values()),
         routes=routes,
         statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name))),
+        l4routes=l4,
     )
 
 

@@ -292,6 +292,22 @@ class ServiceRoutes:
 
 
 @dataclass(frozen=True)
+class L4RouteEntry:
+    route: str  # namespace/name
+    kind: str
+    hostnames: tuple[str, ...]  # SNI matches (TLSRoute); empty = every connection
+    backends: tuple[WeightedBackend, ...]
+
+
+@dataclass(frozen=True)
+class L4Routes:
+    service: str
+    port: int
+    kind: str
+    entries: tuple[L4RouteEntry, ...]
+
+
+@dataclass(frozen=True)
 class ResourceStatus:
     kind: str
     namespace: str
@@ -311,6 +327,7 @@ class MeshSnapshot:
     waypoints: tuple[Waypoint, ...]
     routes: tuple[ServiceRoutes, ...]
     statuses: tuple[ResourceStatus, ...] = field(default=())
+    l4routes: tuple[L4Routes, ...] = field(default=())
 
     def service(self, key: str) -> Service | None:
         for s in self.services:
@@ -340,6 +357,12 @@ class MeshSnapshot:
 
     def routes_for(self, service_key: str, port: int) -> ServiceRoutes | None:
         for r in self.routes:
+            if r.service == service_key and r.port == port:
+                return r
+        return None
+
+    def l4routes_for(self, service_key: str, port: int) -> L4Routes | None:
+        for r in self.l4routes:
             if r.service == service_key and r.port == port:
                 return r
         return None
