@@ -223,3 +223,22 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_get_shows_resources_with_computed_status(start_mesh):
+    import yaml
+
+    mesh = start_mesh(QUICKSTART, name="get")
+    route = yaml.safe_load(mesh.cli("get", "httproute", "echo-split", "-n", "quickstart", "-o", "yaml").stdout)
+    (parent,) = route["status"]["parents"]
+    assert parent["parentRef"] == {"group": "", "kind": "Service", "namespace": "quickstart", "name": "echo", "port": 80}
+    assert {c["type"]: c["status"] for c in parent["conditions"]} == {"Accepted": "True", "ResolvedRefs": "True", "ResolvedWaypoints": "True"}
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in parent["conditions"])
+    gateways = mesh.cli("get", "gateway", "-A").stdout.splitlines()
+    assert gateways[0].split() == ["NAMESPACE", "NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
+    assert gateways[1].split()[:5] == ["quickstart", "waypoint", "istio-waypoint", mesh.state["waypoints"][0]["address"], "True"]
+    service = yaml.safe_load(mesh.cli("get", "svc", "echo", "-n", "quickstart", "-o", "yaml").stdout)
+    assert service["spec"]["clusterIP"] == mesh.service("quickstart", "echo")["vip"]
+    assert service["status"]["conditions"][0]["reason"] == "WaypointAccepted"
+    assert "istio-waypoint" in mesh.cli("get", "gatewayclass").stdout
+    assert mesh.cli("get", "httproute", "nope", "-n", "quickstart", check=False).returncode != 0

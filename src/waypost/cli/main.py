@@ -218,6 +218,37 @@ def request(
         typer.echo(render.response(response))
 
 
+@app.command()
+def get(
+    kind: str = typer.Argument(..., help="Resource kind: service, gateway, httproute, grpcroute, pod, ..."),
+    name: Optional[str] = typer.Argument(None),
+    namespace: Optional[str] = typer.Option(None, "-n", "--namespace"),
+    all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces"),
+    output: str = typer.Option("", "-o", "--output", help="wide, yaml or json"),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Show resources of the running mesh with their computed status (like kubectl get)."""
+    from . import get as getter
+
+    state = _state(state_dir)
+    current = state.read_state()
+    if current is None:
+        _fail(f"no mesh in {state.root}")
+    assert current is not None
+    try:
+        docs = json.loads(state.resources_file.read_text())
+    except (OSError, ValueError):
+        docs = []
+    try:
+        resolved = getter.kind_of(kind)
+        ns = None if all_namespaces else (namespace or "default")
+        selected = getter.select(docs + getter.pod_documents(current), resolved, name, ns)
+    except getter.GetError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(getter.render(resolved, selected, output, current, all_namespaces, single=name is not None))
+
+
 def main() -> None:
     app()
 

@@ -26,6 +26,10 @@ class StateDir:
         return self.root / "state.json"
 
     @property
+    def resources_file(self) -> Path:
+        return self.root / "resources.json"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "supervisor.pid"
 

@@ -45,6 +45,10 @@ log = logging.getLogger("waypost.local")
 READY_TIMEOUT = 60.0
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class StartupError(RuntimeError):
     pass
 
@@ -201,6 +205,59 @@ def describe(snapshot: MeshSnapshot) -> dict[str, Any]:
     }
 
 
+def resource_documents(resources, snapshot: MeshSnapshot, now: str) -> list[dict[str, Any]]:
+    """The resources as `kubectl get -o yaml` would show them: defaults filled in, computed status added."""
+    from waypost.mesh.status import resource_status
+
+    from waypost.api.gateway import GatewayClass
+    from waypost.mesh.waypoints import MESH_CONTROLLER, WAYPOINT_CLASS
+
+    resources = list(resources)
+    if not any(isinstance(r, GatewayClass) and r.name == WAYPOINT_CLASS for r in resources):
+        # Like istiod, the mesh provides the istio-waypoint class when the user did not declare it.
+        resources.append(
+            GatewayClass.model_validate(
+                {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": WAYPOINT_CLASS}, "spec": {"controllerName": MESH_CONTROLLER}}
+            )
+        )
+    docs = []
+    for r in resources:
+        doc = _prune(r.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        meta = doc.setdefault("metadata", {})
+        if r.NAMESPACED:
+            meta["namespace"] = r.namespace
+        meta.setdefault("creationTimestamp", now)
+        meta.setdefault("generation", 1)
+        if r.KIND == "Service":
+            service = snapshot.service(f"{r.namespace}/{r.name}")
+            if service is not None:
+                doc.setdefault("spec", {})["clusterIP"] = service.vip
+                doc["spec"]["clusterIPs"] = [service.vip]
+        status = resource_status(r, snapshot)
+        if status is not None:
+            for condition in _all_conditions(status):
+                condition.setdefault("lastTransitionTime", now)
+            doc["status"] = status
+        docs.append(doc)
+    return docs
+
+
+def _prune(value: Any) -> Any:
+    """Drops empty lists and maps that only model defaults produced, as the API server would not show them."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v != {} and v != []}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+def _all_conditions(status: dict[str, Any]):
+    yield from status.get("conditions", [])
+    for item in status.get("parents", []) + status.get("listeners", []):
+        yield from item.get("conditions", [])
+
+
 def _admin_ready(address: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{address}/ready", timeout=1) as r:
@@ -265,7 +322,8 @@ class Supervisor:
         for pid, config in self.configs.items():
             secrets = secret_resources(ca, config.secrets, self._cert_cache)
             self.xds.set_snapshot(pid, xds_snapshot(config, secrets))
-        self.info = {"block": plan.block, **describe(snapshot)}
+        self.info = {"block": plan.block, "started": _now(), **describe(snapshot)}
+        write_json_atomic(self.state.resources_file, resource_documents(result.resources, snapshot, self.info["started"]))
         self._write({"phase": "starting"})
         for pid, config in self.configs.items():
             name = pid.replace("~", ".")
