@@ -64,3 +64,30 @@ class Gateway(Resource):
     KIND: ClassVar[str] = "Gateway"
     VERSIONS: ClassVar[tuple[str, ...]] = GATEWAY_VERSIONS
     spec: GatewaySpec
+
+
+class ReferenceGrantFrom(Model):
+    group: str
+    kind: str = Field(min_length=1)
+    namespace: str = Field(min_length=1)
+
+
+class ReferenceGrantTo(Model):
+    group: str
+    kind: str = Field(min_length=1)
+    name: str | None = None
+
+
+class ReferenceGrantSpec(Model):
+    from_: list[ReferenceGrantFrom] = Field(alias="from", min_length=1, max_length=16)
+    to: list[ReferenceGrantTo] = Field(min_length=1, max_length=16)
+
+
+class ReferenceGrant(Resource):
+    """Accepted and validated. Mesh routes need no grant for backendRefs (GEP-1294), so waypost's routes,
+    which are all mesh routes (Service- or waypoint-attached), never consult it."""
+
+    GROUP: ClassVar[str] = GATEWAY_GROUP
+    KIND: ClassVar[str] = "ReferenceGrant"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v1beta1", "v1alpha2", "v1")
+    spec: ReferenceGrantSpec

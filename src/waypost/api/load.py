@@ -29,6 +29,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         core.Deployment,
         gateway.GatewayClass,
         gateway.Gateway,
+        gateway.ReferenceGrant,
         httproute.HTTPRoute,
         grpcroute.GRPCRoute,
         l4routes.TCPRoute,
@@ -53,7 +54,6 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("networking.istio.io", "WorkloadGroup"): "networking",
     ("telemetry.istio.io", "Telemetry"): "telemetry",
     ("gateway.networking.k8s.io", "UDPRoute"): "routing",
-    ("gateway.networking.k8s.io", "ReferenceGrant"): "routing",
     ("gateway.networking.k8s.io", "BackendTLSPolicy"): "routing",
 }
 
