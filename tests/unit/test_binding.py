@@ -155,3 +155,10 @@ spec:
     listener = dict(snapshot.status_of("Gateway", "app", "wp").parents)["web"][0]
     assert (listener.status, listener.reason) == ("False", "UnsupportedProtocol")
     assert bound(snapshot, "service") == "app/wp"
+
+
+def test_services_select_pods_of_their_own_namespace_only():
+    other = pod({}).replace("namespace: app", "namespace: other")
+    snapshot = mesh(namespace("app", {}), namespace("other", {}), service({}), pod({}), other)
+    (port, endpoints) = snapshot.service("app/svc").endpoints[0]
+    assert [e.workload for e in endpoints] == ["app/pod"]

@@ -154,7 +154,8 @@ def endpoints(
     workloads: list[Workload],
     entry_ports: Mapping[str, Mapping[str, int]],
 ) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
-    selected = [w for w in workloads if not w.is_waypoint and selects(service, w.label_map)]
+    # A Service selects pods (and WorkloadEntries) of its own namespace only.
+    selected = [w for w in workloads if w.namespace == service.namespace and not w.is_waypoint and selects(service, w.label_map)]
     out = []
     for port in ports:
         eps = []
