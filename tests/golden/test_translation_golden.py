@@ -17,7 +17,8 @@ from waypost.mesh import AddressPlan, build
 
 from tests.conftest import REPO
 
-GOLDEN = Path(__file__).parent / "quickstart"
+GOLDEN_ROOT = Path(__file__).parent
+EXAMPLES = ["quickstart", "routing"]
 PLAN = AddressPlan(77)
 
 
@@ -36,15 +37,16 @@ def render_all(resources) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def quickstart():
-    result = load_paths([REPO / "examples" / "quickstart"])
-    assert not result.errors
+def example(name: str):
+    result = load_paths([REPO / "examples" / name])
+    assert not result.errors, [d.render() for d in result.errors]
     return result.resources
 
 
-def test_quickstart_matches_golden_files(quickstart):
-    rendered = render_all(quickstart)
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_matches_golden_files(name):
+    GOLDEN = GOLDEN_ROOT / name
+    rendered = render_all(example(name))
     if os.environ.get("WAYPOST_UPDATE_GOLDEN"):
         GOLDEN.mkdir(exist_ok=True)
         for stale in GOLDEN.glob("*.json"):
@@ -57,5 +59,7 @@ def test_quickstart_matches_golden_files(quickstart):
         assert text == expected[name], f"{name} differs from its golden file; run `make golden` and review the diff"
 
 
-def test_translation_is_deterministic_regardless_of_input_order(quickstart):
-    assert render_all(quickstart) == render_all(list(reversed(quickstart)))
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_translation_is_deterministic_regardless_of_input_order(name):
+    resources = example(name)
+    assert render_all(resources) == render_all(list(reversed(resources)))
