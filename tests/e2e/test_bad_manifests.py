@@ -27,9 +27,14 @@ CASES = {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoot\nmetadata: {name: r, namespace: x}\n",
         ["bad.yaml:1:", "HTTPRoot x/r", "unknown kind"],
     ),
-    "authorization_policy_not_yet_enforced": (
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: x}\nspec: {}\n",
-        ["bad.yaml:1:", "AuthorizationPolicy x/deny-all", "not supported yet"],
+    "request_authentication_not_yet_enforced": (
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: x}\nspec: {}\n",
+        ["bad.yaml:1:", "RequestAuthentication x/jwt", "not supported yet"],
+    ),
+    "custom_authorization_not_yet_enforced": (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: x}\n"
+        "spec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n",
+        ["bad.yaml:5:", "AuthorizationPolicy x/ext", "CUSTOM", "not supported yet"],
     ),
 }
 

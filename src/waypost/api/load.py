@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, gateway, grpcroute, httproute, l4routes, networking
+from . import core, gateway, grpcroute, httproute, l4routes, networking, security
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -35,13 +35,13 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         l4routes.TCPRoute,
         l4routes.TLSRoute,
         networking.WorkloadEntry,
+        security.AuthorizationPolicy,
     )
 }
 
 # Kinds a later release enforces. Refusing them is the safe choice: an AuthorizationPolicy that loads but
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
-    ("security.istio.io", "AuthorizationPolicy"): "security",
     ("security.istio.io", "RequestAuthentication"): "security",
     ("security.istio.io", "PeerAuthentication"): "security",
     ("extensions.istio.io", "WasmPlugin"): "extension",

@@ -16,8 +16,10 @@ from typing import Any
 from waypost.mesh.model import Endpoint, L4Routes, MeshSnapshot, Service, Waypoint, Workload
 from waypost.mesh.registry import port_protocol
 
+from waypost.mesh import policies as authz
+
 from . import common as c
-from . import routing
+from . import rbac, routing
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
@@ -55,7 +57,7 @@ def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | Non
     return cluster
 
 
-def _hcm(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
+def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -63,7 +65,12 @@ def _hcm(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
             **route,
-            "http_filters": [
+            # Authorize the path that is forwarded: RFC 3986 normalization, merged slashes and decoded
+            # %2F/%5C, so `//admin`, `/a/../admin` or `/admin%2F..` cannot slip past a rule on /admin.
+            "normalize_path": True,
+            "merge_slashes": True,
+            "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+            "http_filters": authz + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
@@ -72,19 +79,19 @@ def _hcm(stat_prefix: str, route: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _chains(name: str, match: dict[str, Any], protocol: str, http_filter: dict[str, Any], tcp_filter: dict[str, Any]):
+def _chains(name: str, match: dict[str, Any], protocol: str, http_filter: dict[str, Any], tcp_filters: list[dict[str, Any]]):
     """Filter chains for one destination: HTTP, TCP, or both with HTTP sniffed (Istio's protocol detection)."""
     if protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web"):
         return [{"name": name, "filter_chain_match": match, "filters": [http_filter]}]
     if protocol == "UNKNOWN":
         return [
             {"name": f"{name}|http", "filter_chain_match": {**match, "application_protocols": ["http/1.1", "h2c"]}, "filters": [http_filter]},
-            {"name": f"{name}|tcp", "filter_chain_match": match, "filters": [tcp_filter]},
+            {"name": f"{name}|tcp", "filter_chain_match": match, "filters": tcp_filters},
         ]
-    return [{"name": name, "filter_chain_match": match, "filters": [tcp_filter]}]
+    return [{"name": name, "filter_chain_match": match, "filters": tcp_filters}]
 
 
-def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[str, Any], l4: L4Routes, add_cluster) -> list[dict[str, Any]]:
+def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[str, Any], l4: L4Routes, add_cluster, authz_filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """TCPRoute/TLSRoute: weighted tcp_proxy per route; TLSRoutes select by SNI (no SNI match: refused)."""
     chains = []
     claimed: set[str] = set()  # an SNI (or "" = any) belongs to the oldest route naming it
@@ -112,7 +119,7 @@ def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[
         chain_match = dict(match)
         if names:
             chain_match["server_names"] = names
-        chains.append({"name": f"{service.fqdn}:{port}|{l4.kind}|{index}", "filter_chain_match": chain_match, "filters": [proxy]})
+        chains.append({"name": f"{service.fqdn}:{port}|{l4.kind}|{index}", "filter_chain_match": chain_match, "filters": authz_filters + [proxy]})
     return chains
 
 
@@ -133,7 +140,9 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
         clusters.setdefault(cluster["name"], cluster)
         return cluster["name"]
 
+    policies = snapshot.authorization_policies
     for service in served_services(snapshot, waypoint):
+        chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
         for sp in service.ports:
             domains.append(f"{service.vip}:{sp.port}")
             http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
@@ -155,7 +164,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             if l4 is not None:
                 if l4.kind == "TLSRoute":
                     tls_ports.add(sp.port)
-                chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster))
+                chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster, rbac.network_filters(chain_policies)))
                 continue
             if sp.protocol == "UNKNOWN":
                 sniff_ports.add(sp.port)
@@ -164,11 +173,12 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}),
-                    c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster),
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, rbac.http_filters(chain_policies)),
+                    rbac.network_filters(chain_policies) + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster)],
                 )
             )
 
+    workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:
@@ -183,8 +193,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{workload.address}:{wp.port}",
                     {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
                     protocol,
-                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}),
-                    c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster),
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, rbac.http_filters(workload_policies)),
+                    rbac.network_filters(workload_policies) + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster)],
                 )
             )
 

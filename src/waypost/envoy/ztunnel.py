@@ -18,7 +18,10 @@ from typing import Any
 
 from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Workload
 
+from waypost.mesh import policies as authz
+
 from . import common as c
+from . import rbac
 
 OUTBOUND = "ztunnel_outbound"
 INBOUND = "ztunnel_inbound"
@@ -162,6 +165,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     hbone_pods = [w for w in local if w.captured and w.kind == "Pod"]
     for pod in hbone_pods:
         waypoint = snapshot.waypoint(pod.waypoint)
+        pod_policies = authz.for_ztunnel(snapshot.authorization_policies, pod, snapshot.root_namespace)
         for port in _workload_ports(snapshot, pod):
             captures.append((pod.address, port))
             app = f"inbound|{port}||{pod.address}"
@@ -187,18 +191,21 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                 return name, "%DOWNSTREAM_LOCAL_ADDRESS%"
 
             source_chains(pod.address, port, pick)
+            # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
+            # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
+            authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
             chains.append(
                 {
                     "name": f"inbound_plain|{pod.address}:{port}",
                     "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port},
-                    "filters": [c.tcp_proxy(f"inbound_plain_{port}", app)],
+                    "filters": authz_filters + [c.tcp_proxy(f"inbound_plain_{port}", app)],
                 }
             )
             internal_chains.append(
                 {
                     "name": f"inbound|{pod.address}:{port}",
                     "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port},
-                    "filters": [c.tcp_proxy(f"inbound_{port}", app)],
+                    "filters": authz_filters + [c.tcp_proxy(f"inbound_{port}", app)],
                 }
             )
 

@@ -11,8 +11,9 @@ from waypost.api.httproute import HTTPRoute
 from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meta import Resource
 from waypost.api.networking import WorkloadEntry
+from waypost.api.security import AuthorizationPolicy
 
-from . import l4routes, registry, routes as route_attachment, waypoints as binding
+from . import l4routes, policies as authz, registry, routes as route_attachment, waypoints as binding
 from .addresses import AddressPlan
 from .model import Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload
 
@@ -175,6 +176,8 @@ def build(
         {(r.service, r.port) for r in routes},
     )
     statuses.extend(l4_statuses)
+    policies = sorted(of(AuthorizationPolicy), key=lambda p: (p.namespace, p.name))
+    statuses.extend(authz.statuses(policies, waypoints, services, authz.ROOT_NAMESPACE))
     return MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
@@ -184,6 +187,8 @@ def build(
         routes=routes,
         statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name))),
         l4routes=l4,
+        authorization_policies=tuple(policies),
+        root_namespace=authz.ROOT_NAMESPACE,
     )
 
 

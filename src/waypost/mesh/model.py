@@ -328,6 +328,8 @@ class MeshSnapshot:
     routes: tuple[ServiceRoutes, ...]
     statuses: tuple[ResourceStatus, ...] = field(default=())
     l4routes: tuple[L4Routes, ...] = field(default=())
+    authorization_policies: tuple = field(default=())  # api AuthorizationPolicy values, sorted by namespace/name
+    root_namespace: str = "istio-system"
 
     def service(self, key: str) -> Service | None:
         for s in self.services:

@@ -1,0 +1,157 @@
+"""AuthorizationPolicy attachment: which proxy enforces which policy, and the status conditions.
+
+Shared/spec/istio-ambient-semantics.md §4.1–§4.6 (Istio `pilot/pkg/model/policyattachment.go`,
+`pilot/pkg/serviceregistry/ambient/authorization.go`):
+- policies with `targetRefs` are enforced by waypoints only: Gateway (same namespace, that waypoint),
+  GatewayClass `istio-waypoint` (root namespace only; every waypoint), Service (same namespace, the
+  Service's chains in its waypoint). A target without a waypoint is enforced nowhere (status says so);
+- policies without `targetRefs` are enforced by the destination ztunnel only: selector → matching
+  workloads of the policy's namespace (any namespace when the policy is in the root namespace);
+  no selector → the namespace; no selector in the root namespace → every workload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from waypost.api.security import AuthorizationPolicy
+
+from .model import Condition, ResourceStatus, Service, Waypoint, WaypointRef, Workload
+from .waypoints import WAYPOINT_CLASS
+
+ROOT_NAMESPACE = "istio-system"
+HTTP_ONLY_SOURCE = ("request_principals", "not_request_principals")
+HTTP_ONLY_OPERATION = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
+
+
+def targets_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, root_namespace: str) -> bool:
+    """Gateway- or GatewayClass-targeted: the policy applies to every chain of the waypoint."""
+    for ref in policy.spec.targets:
+        if ref.kind == "Gateway" and policy.namespace == waypoint.namespace and ref.name == waypoint.name:
+            return True
+        if ref.kind == "GatewayClass" and ref.name == WAYPOINT_CLASS and policy.namespace == root_namespace:
+            return True
+    return False
+
+
+def targets_service(policy: AuthorizationPolicy, service: Service) -> bool:
+    return any(
+        ref.kind == "Service" and policy.namespace == service.namespace and ref.name == service.name for ref in policy.spec.targets
+    )
+
+
+def for_waypoint_chain(
+    policies: Sequence[AuthorizationPolicy], waypoint: Waypoint, service: Service | None, root_namespace: str
+) -> list[AuthorizationPolicy]:
+    """Policies a waypoint enforces on one chain (a service port's, or a workload's when service is None)."""
+    out = []
+    for p in policies:
+        if not p.spec.targets:
+            continue  # selector and namespace-wide policies never apply to a waypoint
+        if targets_waypoint(p, waypoint, root_namespace) or (service is not None and targets_service(p, service)):
+            out.append(p)
+    return out
+
+
+def for_ztunnel(policies: Sequence[AuthorizationPolicy], workload: Workload, root_namespace: str) -> list[AuthorizationPolicy]:
+    """Policies the destination ztunnel enforces for connections to `workload`."""
+    out = []
+    labels = workload.label_map
+    for p in policies:
+        if p.spec.targets:
+            continue
+        if p.namespace != workload.namespace and p.namespace != root_namespace:
+            continue
+        selector = p.spec.selector
+        if selector is not None and selector.match_labels and not all(labels.get(k) == v for k, v in selector.match_labels.items()):
+            continue
+        out.append(p)
+    return out
+
+
+def has_http_fields(rule) -> list[str]:
+    """The HTTP-only (L7) attributes a rule uses, as Istio names them in its warnings."""
+    found = []
+    for f in rule.from_ or []:
+        for field, name in (("request_principals", "requestPrincipals"), ("not_request_principals", "notRequestPrincipals"),
+                            ("remote_ip_blocks", "remoteIpBlocks"), ("not_remote_ip_blocks", "notRemoteIpBlocks")):
+            if getattr(f.source, field):
+                found.append(name)
+    for t in rule.to or []:
+        for field, name in (("hosts", "hosts"), ("not_hosts", "notHosts"), ("methods", "methods"), ("not_methods", "notMethods"),
+                            ("paths", "paths"), ("not_paths", "notPaths")):
+            if getattr(t.operation, field):
+                found.append(name)
+    for c in rule.when:
+        if c.key not in ("source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"):
+            found.append(c.key)
+    return found
+
+
+ZTUNNEL_PREFIX = "ztunnel does not support HTTP attributes (found: {found}). In ambient mode you must use a waypoint proxy to enforce HTTP rules. "
+
+
+def ztunnel_condition(policy: AuthorizationPolicy) -> Condition:
+    if policy.spec.action in ("AUDIT", "CUSTOM"):
+        return Condition("ZtunnelAccepted", "False", "UnsupportedValue", f"ztunnel does not support the {policy.spec.action} action")
+    found = sorted({a for r in policy.spec.rules or [] for a in has_http_fields(r)})
+    if not found:
+        return Condition("ZtunnelAccepted", "True", "Accepted", "attached to ztunnel")
+    prefix = ZTUNNEL_PREFIX.format(found=", ".join(found))
+    if policy.spec.action == "ALLOW":
+        return Condition("ZtunnelAccepted", "True", "UnsupportedValue", prefix + "Within an ALLOW policy, rules matching HTTP attributes are omitted. This will be more restrictive than requested.")
+    from .ztunnel_authz import reduce_policy
+
+    if not reduce_policy(policy).groups:
+        return Condition(
+            "ZtunnelAccepted", "True", "UnsupportedValue",
+            prefix + "After omitting unsupported HTTP attributes, this DENY policy has no enforceable rules at ztunnel and will have no effect. Deploy a waypoint proxy and use a targetRef to enforce this policy.",
+        )
+    return Condition("ZtunnelAccepted", "True", "UnsupportedValue", prefix + "DENY policy with HTTP attributes is enforced without the HTTP rules. This will be more restrictive than requested.")
+
+
+def waypoint_condition(policy: AuthorizationPolicy, waypoints: Mapping[WaypointRef, Waypoint], services: Mapping[str, Service], root_namespace: str) -> Condition:
+    results: list[tuple[bool, str, str, str]] = []  # (bound, reason, message, ref text)
+    for ref in policy.spec.targets:
+        text = f"{ref.kind}.{ref.group or 'core'}:{policy.namespace}/{ref.name}"
+        if ref.kind == "Gateway":
+            w = waypoints.get(WaypointRef(policy.namespace, ref.name))
+            if w is None or not w.ready:
+                results.append((False, "TargetNotFound", f"Gateway {policy.namespace}/{ref.name} was not found", text))
+            else:
+                results.append((True, "Accepted", f"bound to {w.ref}", text))
+        elif ref.kind == "GatewayClass":
+            if policy.namespace != root_namespace:
+                results.append((False, "Invalid", f"AuthorizationPolicy must be in the root namespace `{root_namespace}` when referencing a GatewayClass", text))
+            elif ref.name != WAYPOINT_CLASS:
+                results.append((False, "Invalid", f"GatewayClass {ref.name} is not handled by the mesh controller", text))
+            else:
+                results.append((True, "Accepted", f"bound to every waypoint of class {WAYPOINT_CLASS}", text))
+        elif ref.kind == "Service":
+            s = services.get(f"{policy.namespace}/{ref.name}")
+            if s is None:
+                results.append((False, "TargetNotFound", f"Service {policy.namespace}/{ref.name} was not found", text))
+            elif s.waypoint is None:
+                results.append((False, "AncestorNotBound", f"Service {policy.namespace}/{ref.name} is not bound to a waypoint", text))
+            else:
+                results.append((True, "Accepted", f"bound to {s.waypoint}", text))
+        else:
+            results.append((False, "TargetNotFound", f"{ref.kind} {policy.namespace}/{ref.name} was not found", text))
+    if len(results) == 1:
+        bound, reason, message, _ = results[0]
+        return Condition("WaypointAccepted", "True" if bound else "False", reason, message)
+    unbound = [text for bound, _, _, text in results if not bound]
+    if not unbound:
+        return Condition("WaypointAccepted", "True", "Accepted", "bound to all targets")
+    message = "Invalid targetRefs: " + ", ".join(unbound)
+    if len(unbound) < len(results):
+        return Condition("WaypointAccepted", "True", "PartiallyInvalid", message)
+    return Condition("WaypointAccepted", "False", "Invalid", message)
+
+
+def statuses(policies: Sequence[AuthorizationPolicy], waypoints: Mapping[WaypointRef, Waypoint], services: Mapping[str, Service], root_namespace: str) -> list[ResourceStatus]:
+    out = []
+    for p in policies:
+        condition = waypoint_condition(p, waypoints, services, root_namespace) if p.spec.targets else ztunnel_condition(p)
+        out.append(ResourceStatus("AuthorizationPolicy", p.namespace, p.name, (condition,)))
+    return out
