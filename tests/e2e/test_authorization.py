@@ -261,3 +261,14 @@ def tcp_echo(mesh, source: str, service: str, port: int) -> bytes:
         return b""
     finally:
         sock.close()
+
+
+def test_get_authorizationpolicy_shows_computed_status(start_mesh):
+    import yaml
+
+    mesh = start_mesh(base(service_waypoint=False) + policy("nowhere", "targetRefs: [{kind: Service, group: '', name: svc}]"))
+    doc = yaml.safe_load(mesh.cli("get", "authorizationpolicy", "nowhere", "-n", "app", "-o", "yaml").stdout)
+    (c,) = doc["status"]["conditions"]
+    assert (c["type"], c["status"], c["reason"]) == ("WaypointAccepted", "False", "AncestorNotBound")
+    table = mesh.cli("get", "ap", "-n", "app").stdout.splitlines()
+    assert table[0].split() == ["NAME", "ACTION", "AGE"] and table[1].split()[:2] == ["nowhere", "ALLOW"]

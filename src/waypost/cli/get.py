@@ -24,6 +24,8 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "TCPRoute": (("tcproute", "tcproutes"), True),
     "TLSRoute": (("tlsroute", "tlsroutes"), True),
     "WorkloadEntry": (("workloadentry", "workloadentries", "we"), True),
+    "ReferenceGrant": (("referencegrant", "referencegrants", "refgrant"), True),
+    "AuthorizationPolicy": (("authorizationpolicy", "authorizationpolicies", "ap"), True),
 }
 
 
@@ -125,6 +127,8 @@ def _row(kind: str, d: dict[str, Any], now: datetime, state: dict[str, Any], wid
         return [meta["name"], age, spec.get("address")]
     if kind == "ServiceAccount":
         return [meta["name"], 0, age]
+    if kind == "AuthorizationPolicy":
+        return [meta["name"], spec.get("action", "ALLOW"), age]
     return [meta["name"], age]
 
 
@@ -140,6 +144,7 @@ HEADERS = {
     "Namespace": ["NAME", "STATUS", "AGE"],
     "WorkloadEntry": ["NAME", "AGE", "ADDRESS"],
     "ServiceAccount": ["NAME", "SECRETS", "AGE"],
+    "AuthorizationPolicy": ["NAME", "ACTION", "AGE"],
 }
 WIDE = {"Service": ["SELECTOR", "WAYPOINT"], "Pod": ["IP", "NODE", "WAYPOINT"]}
 
