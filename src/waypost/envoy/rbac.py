@@ -102,10 +102,34 @@ def source_ids(field: str, values: list[str] | tuple[str, ...], policy_ns: str) 
 
 
 # -- permissions (the "to" side) -----------------------------------------------------------------------
+_PARAMS = "(;[^/]*)?"  # RFC 3986 path parameters, which many servers drop: `/admin;x` means `/admin`
+
+
+def path_regex(value: str) -> str:
+    """Istio's path forms as a regex that also accepts `;params` after every complete segment.
+
+    Without this, `/admin;x` would slip past a DENY on `/admin` and still reach a server that ignores
+    the parameter (the waypoint forwards it unchanged).
+    """
+    if value == "*":
+        return ".+"
+    if value.startswith("*"):
+        return ".*" + re.escape(value[1:]) + _PARAMS
+    prefix = value.endswith("*")
+    body = value[:-1] if prefix else value
+    segments = body.split("/")
+    complete = segments if not prefix else segments[:-1]
+    out = "/".join(re.escape(seg) + (_PARAMS if seg else "") for seg in complete)
+    if prefix:
+        out += "/" + re.escape(segments[-1]) if len(segments) > 1 else re.escape(segments[-1])
+        return out + ".*"
+    return out
+
+
 def _path_permission(value: str) -> dict[str, Any]:
     if "{" in value:
         return {"uri_template": {"name": "uri-template", "typed_config": {"@type": T_URI_TEMPLATE, "path_template": value}}}
-    return {"url_path": {"path": string_match(value)}}
+    return {"url_path": {"path": {"safe_regex": {"regex": path_regex(value)}}}}
 
 
 def operation_rules(field: str, values: list[str] | tuple[str, ...]) -> dict[str, Any]:
