@@ -27,9 +27,10 @@ CASES = {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoot\nmetadata: {name: r, namespace: x}\n",
         ["bad.yaml:1:", "HTTPRoot x/r", "unknown kind"],
     ),
-    "request_authentication_not_yet_enforced": (
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: x}\nspec: {}\n",
-        ["bad.yaml:1:", "RequestAuthentication x/jwt", "not supported yet"],
+    "jwks_uri_not_yet_fetched": (
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: x}\n"
+        "spec:\n  jwtRules:\n  - issuer: me\n    jwksUri: http://127.0.0.1:1/keys\n",
+        ["bad.yaml:6:", "RequestAuthentication x/jwt", "jwksUri is not supported yet"],
     ),
     "custom_authorization_not_yet_enforced": (
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: x}\n"

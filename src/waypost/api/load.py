@@ -36,13 +36,13 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         l4routes.TLSRoute,
         networking.WorkloadEntry,
         security.AuthorizationPolicy,
+        security.RequestAuthentication,
     )
 }
 
 # Kinds a later release enforces. Refusing them is the safe choice: an AuthorizationPolicy that loads but
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
-    ("security.istio.io", "RequestAuthentication"): "security",
     ("security.istio.io", "PeerAuthentication"): "security",
     ("extensions.istio.io", "WasmPlugin"): "extension",
     ("extensions.istio.io", "TrafficExtension"): "extension",

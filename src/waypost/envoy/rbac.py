@@ -18,11 +18,11 @@ from waypost.api.security import AuthorizationPolicy, Condition, Operation, Sour
 from waypost.mesh.ztunnel_authz import Match, ZtunnelPolicy, reduce_policy
 
 from .common import PEER_PRINCIPAL_KEY
+from .jwt import JWT_FILTER, PAYLOAD_KEY
 
 T_HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 T_NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 T_URI_TEMPLATE = "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
-AUTHN_METADATA = "istio_authn"  # where request authentication (JWT) results live; empty without a RequestAuthentication
 ANY = {"any": True}
 
 
@@ -84,21 +84,55 @@ def source_ids(field: str, values: list[str] | tuple[str, ...], policy_ns: str) 
     elif field in ("remote_ip_blocks", "remote.ip"):
         ids = [{"remote_ip": _cidr(v)} for v in values]
     elif field in ("request_principals", "request.auth.principal"):
-        ids = [{"metadata": {"filter": AUTHN_METADATA, "path": [{"key": "request.auth.principal"}], "value": {"string_match": string_match(v)}}} for v in values]
+        ids = [_request_principal(v) for v in values]
     elif field == "request.auth.audiences":
-        ids = [{"metadata": {"filter": AUTHN_METADATA, "path": [{"key": "request.auth.audiences"}], "value": {"list_match": {"one_of": {"string_match": string_match(v)}}}}} for v in values]
+        ids = [_claim(["aud"], v) for v in values]
     elif field == "request.auth.presenter":
-        ids = [{"metadata": {"filter": AUTHN_METADATA, "path": [{"key": "request.auth.presenter"}], "value": {"string_match": string_match(v)}}} for v in values]
+        ids = [_payload("azp", string_match(v)) for v in values]
     elif field.startswith("request.auth.claims["):
-        path = [{"key": "request.auth.claims"}] + [{"key": k} for k in re.findall(r"\[([^\]]+)\]", field)]
-        ids = [{"metadata": {"filter": AUTHN_METADATA, "path": path, "value": {"list_match": {"one_of": {"string_match": string_match(v)}}}}} for v in values]
-        ids += [{"metadata": {"filter": AUTHN_METADATA, "path": path, "value": {"string_match": string_match(v)}}} for v in values]
+        ids = [_claim(re.findall(r"\[([^\]]+)\]", field), v) for v in values]
     elif field.startswith("request.headers["):
         name = field[len("request.headers[") : -1].lower()
         ids = [{"header": {"name": name, "string_match": string_match(v)}} for v in values]
     else:
         raise ValueError(f"no principal for {field}")
     return _or_ids(ids)
+
+
+def _payload(key: str | list[str], match: dict[str, Any], list_match: bool = False) -> dict[str, Any]:
+    keys = [key] if isinstance(key, str) else key
+    value = {"list_match": {"one_of": {"string_match": match}}} if list_match else {"string_match": match}
+    return {"metadata": {"filter": JWT_FILTER, "path": [{"key": PAYLOAD_KEY}] + [{"key": k} for k in keys], "value": value}}
+
+
+def _claim(path: list[str], value: str) -> dict[str, Any]:
+    """A claim may be a string or a list of strings: either matches (§6)."""
+    return {"or_ids": {"ids": [_payload(path, string_match(value)), _payload(path, string_match(value), list_match=True)]}}
+
+
+def _request_principal(value: str) -> dict[str, Any]:
+    """`request.auth.principal` is `<iss>/<sub>` of the validated token, split on the last `/` (§6)."""
+    present = {"safe_regex": {"regex": ".+"}}
+
+    def both(iss: dict[str, Any], sub: dict[str, Any]) -> dict[str, Any]:
+        return {"and_ids": {"ids": [_payload("iss", iss), _payload("sub", sub)]}}
+
+    if value == "*":
+        return _payload("iss", present)
+    if value.startswith("*"):
+        rest = value[1:]
+        if "/" not in rest:
+            return _payload("sub", {"suffix": rest})
+        iss_suffix, sub = rest.rsplit("/", 1)
+        return both({"suffix": iss_suffix} if iss_suffix else present, {"exact": sub})
+    if value.endswith("*"):
+        rest = value[:-1]
+        if "/" not in rest:
+            return _payload("iss", {"prefix": rest})
+        iss, sub_prefix = rest.rsplit("/", 1)
+        return both({"exact": iss}, {"prefix": sub_prefix} if sub_prefix else present)
+    iss, _, sub = value.rpartition("/")
+    return both({"exact": iss}, {"exact": sub})
 
 
 # -- permissions (the "to" side) -----------------------------------------------------------------------

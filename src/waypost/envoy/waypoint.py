@@ -19,7 +19,7 @@ from waypost.mesh.registry import port_protocol
 from waypost.mesh import policies as authz
 
 from . import common as c
-from . import rbac, routing
+from . import jwt, rbac, routing
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
@@ -143,6 +143,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
     policies = snapshot.authorization_policies
     for service in served_services(snapshot, waypoint):
         chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
+        chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace))
         for sp in service.ports:
             domains.append(f"{service.vip}:{sp.port}")
             http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
@@ -173,12 +174,13 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, rbac.http_filters(chain_policies)),
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, chain_authn + rbac.http_filters(chain_policies)),
                     rbac.network_filters(chain_policies) + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster)],
                 )
             )
 
     workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
+    workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace))
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:
@@ -193,7 +195,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{workload.address}:{wp.port}",
                     {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
                     protocol,
-                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, rbac.http_filters(workload_policies)),
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_authn + rbac.http_filters(workload_policies)),
                     rbac.network_filters(workload_policies) + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster)],
                 )
             )

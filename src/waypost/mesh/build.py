@@ -11,7 +11,7 @@ from waypost.api.httproute import HTTPRoute
 from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meta import Resource
 from waypost.api.networking import WorkloadEntry
-from waypost.api.security import AuthorizationPolicy
+from waypost.api.security import AuthorizationPolicy, RequestAuthentication
 
 from . import l4routes, policies as authz, registry, routes as route_attachment, waypoints as binding
 from .addresses import AddressPlan
@@ -188,6 +188,7 @@ def build(
         statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name))),
         l4routes=l4,
         authorization_policies=tuple(policies),
+        request_authentications=tuple(sorted(of(RequestAuthentication), key=lambda p: (p.namespace, p.name))),
         root_namespace=authz.ROOT_NAMESPACE,
     )
 

@@ -329,6 +329,7 @@ class MeshSnapshot:
     statuses: tuple[ResourceStatus, ...] = field(default=())
     l4routes: tuple[L4Routes, ...] = field(default=())
     authorization_policies: tuple = field(default=())  # api AuthorizationPolicy values, sorted by namespace/name
+    request_authentications: tuple = field(default=())  # api RequestAuthentication values, sorted
     root_namespace: str = "istio-system"
 
     def service(self, key: str) -> Service | None:

@@ -40,10 +40,9 @@ def targets_service(policy: AuthorizationPolicy, service: Service) -> bool:
     )
 
 
-def for_waypoint_chain(
-    policies: Sequence[AuthorizationPolicy], waypoint: Waypoint, service: Service | None, root_namespace: str
-) -> list[AuthorizationPolicy]:
-    """Policies a waypoint enforces on one chain (a service port's, or a workload's when service is None)."""
+def for_waypoint_chain(policies: Sequence, waypoint: Waypoint, service: Service | None, root_namespace: str) -> list:
+    """Policies (AuthorizationPolicy or RequestAuthentication) a waypoint applies on one chain (a service
+    port's, or a workload's when service is None). Selector and namespace-wide ones never apply."""
     out = []
     for p in policies:
         if not p.spec.targets:
