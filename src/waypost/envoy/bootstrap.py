@@ -17,6 +17,8 @@ def bootstrap(node_id: str, cluster: str, admin: tuple[str, int], xds: tuple[str
     return {
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": socket_address(*admin)},
+        # Histograms reach /stats/prometheus only when stats are flushed (default every 5 s).
+        "stats_flush_interval": "1s",
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

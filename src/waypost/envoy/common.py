@@ -144,7 +144,7 @@ def dial_pod_hbone() -> dict[str, Any]:
     }
 
 
-def tunnel_tcp_proxy(stat_prefix: str, cluster: str, hostname: str) -> dict[str, Any]:
+def tunnel_tcp_proxy(stat_prefix: str, cluster: str, hostname: str, extra_headers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """tcp_proxy that wraps the connection in an HTTP/2 CONNECT to `hostname` (HBONE)."""
     return {
         "name": "envoy.filters.network.tcp_proxy",
@@ -154,17 +154,18 @@ def tunnel_tcp_proxy(stat_prefix: str, cluster: str, hostname: str) -> dict[str,
             "cluster": cluster,
             "tunneling_config": {
                 "hostname": hostname,
-                "headers_to_add": [{"header": {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}}],
+                "headers_to_add": [{"header": {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}}] + (extra_headers or []),
             },
         },
     }
 
 
-def tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {"@type": T_TCP_PROXY, "stat_prefix": stat_prefix, "cluster": cluster},
-    }
+def tcp_proxy(stat_prefix: str, cluster: str, access_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": T_TCP_PROXY, "stat_prefix": stat_prefix, "cluster": cluster}
+    if access_log:
+        config["access_log"] = access_log
+        config["access_log_options"] = {"flush_access_log_on_connected": True}  # "opened" counts at connect
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
 
 def internal_cluster(name: str, listener: str) -> dict[str, Any]:
@@ -195,24 +196,31 @@ def internal_upstream() -> dict[str, Any]:
     }
 
 
-def tunnel_endpoint(listener: str, destination: str, address: str) -> dict[str, Any]:
-    """An endpoint reached through an originate internal listener; metadata says where to tunnel."""
+def tunnel_endpoint(listener: str, destination: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An endpoint reached through an originate internal listener; metadata says where to tunnel (and,
+    under `istio`, which workload it is, for the destination labels of the metrics)."""
+    metadata: dict[str, Any] = {"tunnel": {"destination": destination, "address": address}}
+    if labels:
+        metadata["istio"] = dict(labels)
     return {
         "endpoint": {"address": {"envoy_internal_address": {"server_listener_name": listener}}},
-        "metadata": {"filter_metadata": {"tunnel": {"destination": destination, "address": address}}},
+        "metadata": {"filter_metadata": metadata},
     }
 
 
-def originate_listener(name: str, cluster: str, tunnel: bool) -> dict[str, Any]:
+def originate_listener(name: str, cluster: str, tunnel: bool, headers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Internal listener that forwards to the endpoint named in `tunnel` metadata, via HBONE or plain TCP."""
     if tunnel:
+        tunneling: dict[str, Any] = {"hostname": "%DYNAMIC_METADATA(tunnel:destination)%"}
+        if headers:
+            tunneling["headers_to_add"] = headers
         proxy = {
             "name": "envoy.filters.network.tcp_proxy",
             "typed_config": {
                 "@type": T_TCP_PROXY,
                 "stat_prefix": name,
                 "cluster": cluster,
-                "tunneling_config": {"hostname": "%DYNAMIC_METADATA(tunnel:destination)%"},
+                "tunneling_config": tunneling,
             },
         }
     else:
@@ -234,6 +242,12 @@ def originate_cluster(name: str, identity: str | None) -> dict[str, Any]:
         cluster["typed_extension_protocol_options"] = http2_options()
         cluster["transport_socket"] = upstream_mtls(identity, None)
     return cluster
+
+
+def source_filter_state() -> list[dict[str, Any]]:
+    from .telemetry import source_filter_state as states
+
+    return states()
 
 
 def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str) -> list[dict[str, Any]]:
@@ -288,6 +302,7 @@ def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str
                                     skip_if_empty=True,
                                 ),
                                 state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", factory_key="envoy.string"),
+                                *source_filter_state(),
                             ],
                         },
                     },

@@ -19,7 +19,7 @@ from waypost.mesh.registry import port_protocol
 from waypost.mesh import policies as authz
 
 from . import common as c
-from . import jwt, rbac, routing
+from . import jwt, rbac, routing, telemetry
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
@@ -35,12 +35,12 @@ def served_workloads(snapshot: MeshSnapshot, waypoint: Waypoint) -> list[Workloa
     return [w for w in snapshot.workloads if w.waypoint == waypoint.ref and w.kind == "Pod"]
 
 
-def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | None) -> dict[str, Any]:
+def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | None, snapshot: MeshSnapshot | None = None) -> dict[str, Any]:
     """A service-port cluster whose endpoints are reached over HBONE (or plaintext for non-mesh endpoints)."""
     lb = [
-        c.tunnel_endpoint(CONNECT_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{c.HBONE_PORT}")
+        c.tunnel_endpoint(CONNECT_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{c.HBONE_PORT}", _labels(snapshot, e))
         if e.hbone
-        else c.tunnel_endpoint(PLAIN_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{e.port}")
+        else c.tunnel_endpoint(PLAIN_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{e.port}", _labels(snapshot, e))
         for e in endpoints
     ]
     cluster: dict[str, Any] = {
@@ -57,7 +57,11 @@ def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | Non
     return cluster
 
 
-def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]]) -> dict[str, Any]:
+def _labels(snapshot: MeshSnapshot | None, endpoint: Endpoint) -> dict[str, str] | None:
+    return telemetry.endpoint_metadata(snapshot, endpoint) if snapshot is not None else None
+
+
+def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -70,6 +74,7 @@ def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]]) -
             "normalize_path": True,
             "merge_slashes": True,
             "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+            **({"access_log": access_log} if access_log else {}),
             "http_filters": authz + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
@@ -108,7 +113,7 @@ def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[
             if b.exists:
                 backend = snapshot.service_by_fqdn(b.service)
                 assert backend is not None
-                add_cluster(endpoint_cluster(name, backend.endpoints_for(b.port), None))
+                add_cluster(endpoint_cluster(name, backend.endpoints_for(b.port), None, snapshot))
             weighted.append({"name": name, "weight": b.weight})
         stat = f"{l4.kind.lower()}_{service.namespace}_{service.name}_{port}"
         proxy = (
@@ -121,6 +126,22 @@ def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[
             chain_match["server_names"] = names
         chains.append({"name": f"{service.fqdn}:{port}|{l4.kind}|{index}", "filter_chain_match": chain_match, "filters": authz_filters + [proxy]})
     return chains
+
+
+def _protocol(snapshot: MeshSnapshot, service: Service, port) -> str:
+    """Istio's request_protocol: grpc for gRPC ports and ports a GRPCRoute routes, else http."""
+    routes = snapshot.routes_for(service.key, port.port)
+    if port.protocol == "GRPC" or (routes is not None and any(e.kind == "GRPCRoute" for e in routes.entries)):
+        return "grpc"
+    return "http"
+
+
+def _waypoint_source_headers(waypoint: Waypoint) -> list[dict[str, Any]]:
+    labels = {
+        "workload": waypoint.name, "workload_namespace": waypoint.namespace, "app": waypoint.name, "version": "unknown",
+        "canonical_service": waypoint.name, "canonical_revision": "latest",
+    }
+    return [{"header": {"key": telemetry.source_header(k), "value": v}} for k, v in labels.items()]
 
 
 def _not_ports(ports: set[int]) -> dict[str, Any]:
@@ -148,11 +169,11 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             domains.append(f"{service.vip}:{sp.port}")
             http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
             endpoints = service.endpoints_for(sp.port)
-            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None))
+            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot))
             route_name = f"{service.fqdn}:{sp.port}"
             match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
             if sp.protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN"):
-                add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http))
+                add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot))
                 route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, route_name)
                 routes.append(route_config)
                 for backend, port in backend_clusters:
@@ -160,7 +181,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     assert backend_service is not None  # routing only names existing backends here
                     bp = backend_service.port(port)
                     bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
-                    add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp))
+                    add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp, snapshot))
             l4 = snapshot.l4routes_for(service.key, sp.port)
             if l4 is not None:
                 if l4.kind == "TLSRoute":
@@ -174,8 +195,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, chain_authn + rbac.http_filters(chain_policies)),
-                    rbac.network_filters(chain_policies) + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster)],
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, chain_authn + rbac.http_filters(chain_policies), telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp))),
+                    rbac.network_filters(chain_policies) + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service))],
                 )
             )
 
@@ -186,8 +207,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
         for wp in workload.ports:
             protocol = port_protocol(wp.name, None, "TCP")
             endpoint = (Endpoint(workload.key, workload.address, wp.port, hbone=True),)
-            http_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|http|{workload.address}", endpoint, "auto"))
-            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|tcp|{workload.address}", endpoint, None))
+            http_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|http|{workload.address}", endpoint, "auto", snapshot))
+            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|tcp|{workload.address}", endpoint, None, snapshot))
             if protocol == "UNKNOWN":
                 sniff_ports.add(wp.port)
             chains.extend(
@@ -195,8 +216,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{workload.address}:{wp.port}",
                     {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
                     protocol,
-                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_authn + rbac.http_filters(workload_policies)),
-                    rbac.network_filters(workload_policies) + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster)],
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_authn + rbac.http_filters(workload_policies), telemetry.http_access_log("waypoint", None, "http")),
+                    rbac.network_filters(workload_policies) + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None))],
                 )
             )
 
@@ -229,7 +250,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             "filter_chains": sorted(chains, key=lambda ch: ch["name"]),
             "default_filter_chain": c.deny_chain("main_internal_unmatched"),
         },
-        c.originate_listener(CONNECT_ORIGINATE, CONNECT_ORIGINATE, tunnel=True),
+        # The waypoint is the source of its own hop to the destination ztunnel (Istio §4.5).
+        c.originate_listener(CONNECT_ORIGINATE, CONNECT_ORIGINATE, tunnel=True, headers=_waypoint_source_headers(waypoint)),
         c.originate_listener(PLAIN_ORIGINATE, PLAIN_ORIGINATE, tunnel=False),
     ]
     add_cluster(c.internal_cluster(MAIN_INTERNAL, MAIN_INTERNAL))

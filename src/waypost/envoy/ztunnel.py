@@ -21,7 +21,7 @@ from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Workload
 from waypost.mesh import policies as authz
 
 from . import common as c
-from . import rbac
+from . import rbac, telemetry
 
 OUTBOUND = "ztunnel_outbound"
 INBOUND = "ztunnel_inbound"
@@ -69,7 +69,12 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     local = node_workloads(snapshot, node)
     clients = [w for w in local if w.captured]
     identities = sorted({w.identity for w in clients})
-    sources = {ident: sorted(w.address for w in clients if w.identity == ident) for ident in identities}
+    # Source chains group clients by identity *and* workload labels, so the CONNECT can carry the
+    # source workload's labels for the waypoint's metrics (one group per Deployment in practice).
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
+    for w in clients:
+        groups.setdefault((w.identity, tuple(sorted(telemetry.workload_labels(w).items()))), []).append(w.address)
+    group_keys = sorted(groups)
     workloads_by_key = {w.key: w for w in snapshot.workloads}
 
     clusters: dict[str, dict[str, Any]] = {}
@@ -82,23 +87,26 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         return cluster["name"]
 
     def source_chains(dst: str, port: int, pick: Any) -> None:
-        for ident in identities:
+        for ident, labels in group_keys:
             cluster, hostname = pick(ident)
             if cluster is None:
                 continue
+            headers = [{"header": {"key": telemetry.source_header(k), "value": v}} for k, v in labels]
             chains.append(
                 {
-                    "name": f"out|{dst}:{port}|{sa_key(ident)}",
+                    "name": f"out|{dst}:{port}|{sa_key(ident)}|{dict(labels)['workload']}",
                     "filter_chain_match": {
                         "prefix_ranges": [c.host_prefix(dst)],
                         "destination_port": port,
-                        "source_prefix_ranges": [c.host_prefix(a) for a in sources[ident]],
+                        "source_prefix_ranges": [c.host_prefix(a) for a in sorted(groups[(ident, labels)], key=_ip_key)],
                     },
                     "filters": (
                         [c.dial_pod_hbone()] if cluster.startswith("hbone_pod|") else []
                     )
+                    # Balanced services tunnel from the originate listener: hand it the source labels.
+                    + ([] if hostname else [telemetry.source_labels_state(dict(labels))])
                     + [
-                        c.tunnel_tcp_proxy(f"out_{sa_key(ident)}", cluster, hostname)
+                        c.tunnel_tcp_proxy(f"out_{sa_key(ident)}", cluster, hostname, headers)
                         if hostname
                         else c.tcp_proxy(f"out_{sa_key(ident)}", cluster)
                     ],
@@ -194,6 +202,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
             # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
             authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
+            inbound_log = telemetry.tcp_access_log("destination", None, telemetry.destination_literals(pod))
             chains.append(
                 {
                     "name": f"inbound_plain|{pod.address}:{port}",
@@ -205,7 +214,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                 {
                     "name": f"inbound|{pod.address}:{port}",
                     "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port},
-                    "filters": authz_filters + [c.tcp_proxy(f"inbound_{port}", app)],
+                    "filters": authz_filters + [c.tcp_proxy(f"inbound_{port}", app, inbound_log)],
                 }
             )
 
@@ -244,7 +253,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     for ident in identities:
         name = f"originate|{sa_key(ident)}"
         if any(cl["name"].startswith(f"hbone_svc|{sa_key(ident)}|") for cl in clusters.values()):
-            listeners.append(c.originate_listener(name, name, tunnel=True))
+            listeners.append(c.originate_listener(name, name, tunnel=True, headers=telemetry.source_headers_from_state()))
             add_cluster(c.originate_cluster(name, ident))
     if any(cl["name"].startswith("hbone_svc|") for cl in clusters.values()):
         listeners.append(c.originate_listener(PLAIN_ORIGINATE, PLAIN_ORIGINATE, tunnel=False))

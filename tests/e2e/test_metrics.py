@@ -1,0 +1,141 @@
+"""Istio's traffic metrics from real traffic, scraped and parsed with the Prometheus parser."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from waypost.local.metrics import fetch, merge
+
+from .test_authorization import base, policy
+
+pytestmark = pytest.mark.e2e
+
+ROUTE = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: app}
+spec:
+  parentRefs: [{group: "", kind: Service, name: svc, port: 80}]
+  rules:
+  - matches: [{path: {value: /ok}}, {path: {value: /denied}}]
+    backendRefs: [{name: svc, port: 80}]
+  - matches: [{path: {value: /dead}}]
+    backendRefs: [{name: empty, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: app}
+spec:
+  selector: {app: nothing-here}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: raw, namespace: app}
+spec:
+  selector: {app: backend}
+  ports: [{name: tcp, port: 9000}]
+"""
+DENY = policy("deny", "targetRefs: [{kind: Service, group: '', name: svc}]\naction: DENY\nrules: [{to: [{operation: {paths: [/denied]}}]}]")
+
+
+def samples(text: str, name: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def proxy_admin(mesh, kind: str) -> str:
+    return next(p["admin"] for p in mesh.state["proxies"] if p["kind"] == kind)
+
+
+def test_waypoint_request_metrics_count_each_outcome_with_istio_labels(start_mesh):
+    mesh = start_mesh(base() + ROUTE + DENY)
+    started = time.monotonic()
+    outcomes = {}
+    for path, n in (("/ok", 3), ("/denied", 2), ("/dead", 1), ("/unmatched", 1)):
+        for _ in range(n):
+            outcomes[path] = mesh.request("app/client", f"http://svc{path}").status
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert outcomes == {"/ok": 200, "/denied": 403, "/dead": 503, "/unmatched": 404}
+    deadline = time.monotonic() + 10
+    while True:
+        text = fetch(proxy_admin(mesh, "waypoint"))
+        durations = samples(text, "istio_request_duration_milliseconds_count")
+        if sum(s.value for s in durations) >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    counts = {(s.labels["response_code"], s.labels["response_flags"]): s.value for s in samples(text, "istio_requests_total")}
+    assert counts == {("200", "-"): 3, ("403", "-"): 2, ("503", "UH"): 1, ("404", "NR"): 1}, counts
+    ok = next(s for s in samples(text, "istio_requests_total") if s.labels["response_code"] == "200")
+    backend = mesh.pods("app", "backend")[0]
+    assert ok.labels == {
+        "reporter": "waypoint",
+        "source_workload": "client",
+        "source_canonical_service": "client",
+        "source_canonical_revision": "latest",
+        "source_workload_namespace": "app",
+        "source_principal": "spiffe://cluster.local/ns/app/sa/client",
+        "source_app": "client",
+        "source_version": "unknown",
+        "source_cluster": "Kubernetes",
+        "destination_workload": "backend",
+        "destination_workload_namespace": "app",
+        "destination_principal": backend["identity"],
+        "destination_app": "backend",
+        "destination_version": "unknown",
+        "destination_service": "svc.app.svc.cluster.local",
+        "destination_canonical_service": "backend",
+        "destination_canonical_revision": "latest",
+        "destination_service_name": "svc",
+        "destination_service_namespace": "app",
+        "destination_cluster": "Kubernetes",
+        "request_protocol": "http",
+        "response_code": "200",
+        "response_flags": "-",
+        "connection_security_policy": "mutual_tls",
+    }
+    total = sum(s.value for s in samples(text, "istio_request_duration_milliseconds_sum"))
+    assert 0 < total <= elapsed_ms  # the proxy's view of each request fits in the client's
+
+
+def test_ztunnel_tcp_byte_counters_match_what_the_client_sent(start_mesh):
+    mesh = start_mesh(base() + ROUTE)
+    client = mesh.pods("app", "client")[0]["address"]
+    payload = b"x" * 12345
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        sock.bind((client, 0))
+        sock.connect((mesh.service("app", "raw")["vip"], 9000))
+        sock.sendall(payload)
+        received = b""
+        while len(received) < len(payload):
+            received += sock.recv(65536)
+    assert received == payload  # raw TCP echo
+    deadline = time.monotonic() + 10
+    while True:
+        text = fetch(proxy_admin(mesh, "ztunnel"))
+        closed = [s for s in samples(text, "istio_tcp_connections_closed_total") if s.labels["destination_workload"] == "backend"]
+        if closed or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    labels = {"reporter": "destination", "source_workload": "client"}
+
+    def value(name: str) -> float:
+        return sum(s.value for s in samples(text, name) if all(s.labels.get(k) == v for k, v in labels.items()) and s.labels["destination_workload"] == "backend")
+
+    assert value("istio_tcp_connections_opened_total") == 1
+    assert value("istio_tcp_connections_closed_total") == 1
+    assert value("istio_tcp_received_bytes_total") == len(payload)
+    assert value("istio_tcp_sent_bytes_total") == len(payload)
+
+
+def test_merge_labels_samples_with_their_proxy():
+    a = "# TYPE istio_requests_total counter\nistio_requests_total{reporter=\"waypoint\"} 3\n"
+    b = "# TYPE istio_requests_total counter\nistio_requests_total{reporter=\"destination\"} 1\n"
+    merged = merge([("wp", a), ("zt", b)])
+    got = {(s.labels["proxy"], s.labels["reporter"]): s.value for s in samples(merged, "istio_requests_total")}
+    assert got == {("wp", "waypoint"): 3, ("zt", "destination"): 1}
