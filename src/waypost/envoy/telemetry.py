@@ -142,7 +142,7 @@ def _destination_tags(service: Service | None) -> list[dict[str, str]]:
 
 
 def http_access_log(reporter: str, service: Service | None, protocol: str) -> list[dict[str, Any]]:
-    """istio_requests_total and the request duration/size histograms, as one stats access logger."""
+    """istio_requests_total and the request duration/size histograms (one stats logger), plus the text log."""
     tags = (
         [{"name": "reporter", "value_format": reporter}]
         + _source_tags()
@@ -171,7 +171,7 @@ def http_access_log(reporter: str, service: Service | None, protocol: str) -> li
                 ],
             },
         }
-    ]
+    ] + text_access_log()
 
 
 def tcp_access_log(reporter: str, service: Service | None, destination: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -203,6 +203,7 @@ def tcp_access_log(reporter: str, service: Service | None, destination: dict[str
                 {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, "value_format": "%BYTES_RECEIVED%"},
             ],
         ),
+        {**text_access_log()[0], "filter": {"log_type_filter": {"types": ["TcpConnectionEnd"]}}},
     ]
 
 
@@ -217,3 +218,30 @@ def destination_literals(workload: Workload, service: Service | None = None) -> 
         "destination_canonical_service": labels["canonical_service"],
         "destination_canonical_revision": labels["canonical_revision"],
     }
+
+
+# Istio's default access-log text format (MeshConfig accessLogFormat default), for HTTP and TCP.
+ACCESS_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% '
+    '%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% '
+    '%BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% '
+    "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+
+
+def text_access_log() -> list[dict[str, Any]]:
+    """Access log lines on the proxy's stdout (the local runner keeps them in the proxy's log file).
+
+    RBAC denials carry `rbac_access_denied_matched_policy[ns[NS]-policy[NAME]-rule[N]]` in the response
+    code details: the deciding policy and rule (`waypost logs` spells it out).
+    """
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+            },
+        }
+    ]
