@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from .httproute import (
     GATEWAY_GROUP,
+    check_filters,
     BackendObjectReference,
     HeaderMatch,
     HeaderModifier,
@@ -67,22 +68,13 @@ class GRPCRouteFilter(Model):
         return self
 
 
-def _check(filters: list[GRPCRouteFilter]) -> None:
-    counts: dict[str, int] = {}
-    for f in filters:
-        counts[f.type] = counts.get(f.type, 0) + 1
-    for kind, n in counts.items():
-        if n > 1 and kind not in ("RequestMirror", "ExtensionRef"):
-            raise ValueError(f"filters: {kind} may appear at most once")
-
-
 class GRPCBackendRef(BackendObjectReference):
     weight: int = Field(default=1, ge=0, le=1_000_000)
     filters: list[GRPCRouteFilter] = Field(default_factory=list, max_length=16)
 
     @model_validator(mode="after")
     def _filters(self) -> "GRPCBackendRef":
-        _check(self.filters)
+        check_filters(self.filters)
         return self
 
 
@@ -95,7 +87,7 @@ class GRPCRouteRule(Model):
 
     @model_validator(mode="after")
     def _filters(self) -> "GRPCRouteRule":
-        _check(self.filters)
+        check_filters(self.filters)
         return self
 
 

@@ -255,7 +255,8 @@ def _camel(field: str) -> str:
     return head + "".join(p.title() for p in rest) if field != "url_rewrite" else "urlRewrite"
 
 
-def _check_filters(filters: list[HTTPRouteFilter]) -> None:
+def check_filters(filters) -> None:
+    """CEL: each filter type at most once per list, except RequestMirror and ExtensionRef."""
     counts: dict[str, int] = {}
     for f in filters:
         counts[f.type] = counts.get(f.type, 0) + 1
@@ -272,7 +273,7 @@ class HTTPBackendRef(BackendObjectReference):
 
     @model_validator(mode="after")
     def _filters(self) -> "HTTPBackendRef":
-        _check_filters(self.filters)
+        check_filters(self.filters)
         return self
 
 
@@ -327,7 +328,7 @@ class HTTPRouteRule(Model):
 
     @model_validator(mode="after")
     def _cel(self) -> "HTTPRouteRule":
-        _check_filters(self.filters)
+        check_filters(self.filters)
         types = {f.type for f in self.filters}
         if "RequestRedirect" in types and self.backend_refs:
             raise ValueError("RequestRedirect filter must not be used together with backendRefs")

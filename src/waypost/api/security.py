@@ -212,10 +212,25 @@ class Provider(Model):
     name: str
 
 
-class AuthorizationPolicySpec(Model):
+class TargetedSpec(Model):
+    """Istio policy attachment: a workload selector, or targetRef(s), or neither (namespace-wide)."""
+
     selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
     target_refs: list[PolicyTargetReference] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_attachment(self) -> "TargetedSpec":
+        if sum(x is not None and x != [] for x in (self.selector, self.target_ref, self.target_refs)) > 1:
+            raise ValueError("only one of selector, targetRef or targetRefs may be set")
+        return self
+
+    @property
+    def targets(self) -> list[PolicyTargetReference]:
+        return [self.target_ref] if self.target_ref is not None else list(self.target_refs)
+
+
+class AuthorizationPolicySpec(TargetedSpec):
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     provider: Provider | None = None
     rules: list[Rule] | None = None
@@ -230,17 +245,11 @@ class AuthorizationPolicySpec(Model):
 
     @model_validator(mode="after")
     def _istio_validation(self) -> "AuthorizationPolicySpec":
-        if sum(x is not None and x != [] for x in (self.selector, self.target_ref, self.target_refs)) > 1:
-            raise ValueError("only one of selector, targetRef or targetRefs may be set")
         if self.action == "DENY" and not self.rules:
             raise ValueError("a DENY policy without rules is meaningless")
         if self.provider is not None:
             raise ValueError("provider must only be set with action CUSTOM")
         return self
-
-    @property
-    def targets(self) -> list[PolicyTargetReference]:
-        return [self.target_ref] if self.target_ref is not None else list(self.target_refs)
 
 
 class AuthorizationPolicy(Resource):
@@ -294,24 +303,15 @@ class JWTRule(Model):
         return self
 
 
-class RequestAuthenticationSpec(Model):
-    selector: WorkloadSelector | None = None
-    target_ref: PolicyTargetReference | None = None
-    target_refs: list[PolicyTargetReference] = Field(default_factory=list, max_length=16)
+class RequestAuthenticationSpec(TargetedSpec):
     jwt_rules: list[JWTRule] = Field(default_factory=list, max_length=4096)
 
     @model_validator(mode="after")
-    def _one_attachment(self) -> "RequestAuthenticationSpec":
-        if sum(x is not None and x != [] for x in (self.selector, self.target_ref, self.target_refs)) > 1:
-            raise ValueError("only one of selector, targetRef or targetRefs may be set")
+    def _unique_issuers(self) -> "RequestAuthenticationSpec":
         issuers = [r.issuer for r in self.jwt_rules]
         if len(issuers) != len(set(issuers)):
             raise ValueError("jwtRules: each issuer may appear once")
         return self
-
-    @property
-    def targets(self) -> list[PolicyTargetReference]:
-        return [self.target_ref] if self.target_ref is not None else list(self.target_refs)
 
 
 class RequestAuthentication(Resource):

@@ -11,8 +11,8 @@ import re
 
 from waypost.api.grpcroute import GRPCRoute, GRPCRouteMatch, GRPCRouteRule
 
-from .http import BackendResolver, RuleResult, _first_by_name, header_ops, regex_problem
-from .model import Condition, HeaderOps, HTTPRouteEntry, Mirror, ValueMatch, WeightedBackend, service_fqdn
+from .http import BackendResolver, RuleResult, backend, first_by_name, header_ops, mirror, regex_problem
+from .model import Condition, HeaderOps, HTTPRouteEntry, Mirror, ValueMatch
 
 RESOLVED_REFS = "ResolvedRefs"
 
@@ -59,22 +59,8 @@ def rule_entries(route: GRPCRoute, rule_index: int, rule: GRPCRouteRule, resolve
             if problem:
                 return RuleResult([], problems, problem)
 
-    backends = []
-    for ref in rule.backend_refs:
-        exists, problem = resolver.resolve(route.namespace, ref)
-        if problem:
-            problems.append(problem)
-        request = response = HeaderOps()
-        for f in ref.filters:
-            if f.type == "RequestHeaderModifier":
-                request = header_ops(f.request_header_modifier)
-            elif f.type == "ResponseHeaderModifier":
-                response = header_ops(f.response_header_modifier)
-            else:
-                problems.append(Condition(RESOLVED_REFS, "False", "UnsupportedValue", f"backendRef filter {f.type} is not supported"))
-                exists = False
-        backends.append(WeightedBackend(service_fqdn(ref.namespace or route.namespace, ref.name), ref.port or 0, ref.weight, exists, request, response))
-
+    # Backends and mirrors resolve exactly as for HTTPRoute (same fields, same filters on backendRefs).
+    backends = [backend(route, ref, resolver, problems) for ref in rule.backend_refs]
     request_headers = response_headers = HeaderOps()
     mirrors: list[Mirror] = []
     direct_status = None
@@ -84,17 +70,8 @@ def rule_entries(route: GRPCRoute, rule_index: int, rule: GRPCRouteRule, resolve
         elif f.type == "ResponseHeaderModifier":
             response_headers = header_ops(f.response_header_modifier)
         elif f.type == "RequestMirror":
-            m = f.request_mirror
-            ok, problem = resolver.resolve(route.namespace, m.backend_ref)
-            if problem:
-                problems.append(problem)
-            elif ok:
-                per_million = (
-                    m.fraction.numerator * 1_000_000 // m.fraction.denominator
-                    if m.fraction
-                    else (m.percent * 10_000 if m.percent is not None else 1_000_000)
-                )
-                mirrors.append(Mirror(service_fqdn(m.backend_ref.namespace or route.namespace, m.backend_ref.name), m.backend_ref.port or 0, per_million))
+            if (m := mirror(route, f, resolver, problems)) is not None:
+                mirrors.append(m)
         else:
             problems.append(Condition(RESOLVED_REFS, "False", "InvalidFilter", f"unsupported filter type {f.type}"))
             direct_status = 503
@@ -102,7 +79,7 @@ def rule_entries(route: GRPCRoute, rule_index: int, rule: GRPCRouteRule, resolve
     entries = []
     for match_index, match in enumerate(rule.matches or [GRPCRouteMatch()]):
         path_type, path = method_path(match)
-        headers = _first_by_name(match.headers, lambda h: h.name.lower())
+        headers = first_by_name(match.headers, lambda h: h.name.lower())
         entry = HTTPRouteEntry(
             route=f"{route.namespace}/{route.name}",
             rule_index=rule_index,

@@ -61,7 +61,7 @@ def header_ops(modifier) -> HeaderOps:
     )
 
 
-def _first_by_name(items, key: Callable) -> list:
+def first_by_name(items, key: Callable) -> list:
     """Gateway API: when a name repeats within one match, only the first entry counts."""
     seen: set[str] = set()
     out = []
@@ -107,7 +107,7 @@ class BackendResolver:
         return True, None
 
 
-def _backend(route: HTTPRoute, ref: HTTPBackendRef, resolver: BackendResolver, problems: list[Condition]) -> WeightedBackend:
+def backend(route, ref: HTTPBackendRef, resolver: BackendResolver, problems: list[Condition]) -> WeightedBackend:
     exists, problem = resolver.resolve(route.namespace, ref)
     if problem:
         problems.append(problem)
@@ -144,7 +144,7 @@ def _cors(f: HTTPRouteFilter) -> Cors:
     )
 
 
-def _mirror(route: HTTPRoute, f: HTTPRouteFilter, resolver: BackendResolver, problems: list[Condition]) -> Mirror | None:
+def mirror(route, f: HTTPRouteFilter, resolver: BackendResolver, problems: list[Condition]) -> Mirror | None:
     m = f.request_mirror
     exists, problem = resolver.resolve(route.namespace, m.backend_ref)
     if problem:
@@ -173,7 +173,7 @@ def rule_entries(route: HTTPRoute, rule_index: int, rule: HTTPRouteRule, resolve
             if problem:
                 return RuleResult([], problems, problem)
 
-    backends = tuple(_backend(route, ref, resolver, problems) for ref in rule.backend_refs)
+    backends = tuple(backend(route, ref, resolver, problems) for ref in rule.backend_refs)
     request_headers = response_headers = HeaderOps()
     redirect = None
     rewrite_host = None
@@ -195,9 +195,8 @@ def rule_entries(route: HTTPRoute, rule_index: int, rule: HTTPRouteRule, resolve
             rewrite_host = f.url_rewrite.hostname
             rewrite = _rewrite(f.url_rewrite.path, prefix)
         elif f.type == "RequestMirror":
-            mirror = _mirror(route, f, resolver, problems)
-            if mirror is not None:
-                mirrors.append(mirror)
+            if (m := mirror(route, f, resolver, problems)) is not None:
+                mirrors.append(m)
         elif f.type == "CORS":
             cors = _cors(f)
         else:
@@ -224,8 +223,8 @@ def rule_entries(route: HTTPRoute, rule_index: int, rule: HTTPRouteRule, resolve
         path = match.path.value
         if match.path.type == "PathPrefix" and len(path) > 1:
             path = path.rstrip("/") or "/"  # a trailing slash is ignored for prefixes
-        headers = _first_by_name(match.headers, lambda h: h.name.lower())
-        query = _first_by_name(match.query_params, lambda q: q.name)
+        headers = first_by_name(match.headers, lambda h: h.name.lower())
+        query = first_by_name(match.query_params, lambda q: q.name)
         entry = HTTPRouteEntry(
             route=f"{route.namespace}/{route.name}",
             rule_index=rule_index,
