@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 import typer
 
-from waypost.api import load_paths
 from waypost.local.state import StateDir, pid_alive, resolve_state_dir
 
 from . import render
@@ -36,6 +35,8 @@ def _privileged_ports_problem(paths: list[str]) -> str | None:
     """Service ports below 1024 need root (or a lowered net.ipv4.ip_unprivileged_port_start)."""
     if os.geteuid() == 0:
         return None
+    from waypost.api import load_paths
+
     try:
         start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
     except (OSError, ValueError):
@@ -60,8 +61,12 @@ def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background; exit once everything is ready."),
     state_dir: Optional[str] = StateOpt,
     concurrency: int = typer.Option(1, "--concurrency", help="Worker threads per Envoy."),
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Apply edits of the manifests to the running mesh."),
 ) -> None:
-    """Start a local ambient mesh from the manifests."""
+    """Start a local ambient mesh from the manifests; edits to them are applied while it runs."""
+    # Imported here, not at the top: it is slow to import, and `apply` should start fast.
+    from waypost.api import load_paths
+
     state = _state(state_dir)
     running = state.supervisor_pid()
     if running:
@@ -79,12 +84,14 @@ def up(
     paths = [str(Path(f).absolute()) for f in filename]
     state.ensure()
     state.state_file.unlink(missing_ok=True)
+    # `up` starts from its manifests alone: what an earlier mesh here was `apply`-ed does not come back.
+    state.applied_file.unlink(missing_ok=True)
     if detach:
-        _up_detached(state, paths, concurrency)
+        _up_detached(state, paths, concurrency, watch)
         return
     from waypost.local.supervisor import Supervisor
 
-    supervisor = Supervisor(state, paths, concurrency=concurrency, on_ready=lambda s: _print_ready(s, foreground=True))
+    supervisor = Supervisor(state, paths, concurrency=concurrency, on_ready=lambda s: _print_ready(s, foreground=True), watch=watch)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     code = supervisor.run()
@@ -101,8 +108,10 @@ def _print_ready(state: dict[str, Any], foreground: bool) -> None:
         typer.echo("\nmesh is ready; press Ctrl-C to stop it")
 
 
-def _up_detached(state: StateDir, paths: list[str], concurrency: int) -> None:
+def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: bool = True) -> None:
     argv = [sys.executable, "-m", "waypost.local.supervisor", "--state-dir", str(state.root), "--concurrency", str(concurrency)]
+    if not watch:
+        argv.append("--no-watch")
     for p in paths:
         argv += ["-f", p]
     with open(state.logs / "supervisor.log", "ab") as out:
@@ -174,6 +183,11 @@ def status(
         typer.echo(json.dumps(current, indent=2, sort_keys=True))
     else:
         typer.echo(render.status(current))
+        problem = current.get("last_error")
+        if problem:
+            typer.echo(f"\nlast change of the watched manifests was rejected ({problem.get('time')}):", err=True)
+            for line in problem.get("errors", []):
+                typer.echo(f"  {line}", err=True)
 
 
 @app.command()
@@ -247,6 +261,97 @@ def get(
         _fail(str(exc))
         return
     typer.echo(getter.render(resolved, selected, output, current, all_namespaces, single=name is not None))
+
+
+def _running(state: StateDir) -> None:
+    current = state.read_state()
+    if current is None or current.get("phase") != "ready" or state.supervisor_pid() is None:
+        _fail(f"no running mesh in {state.root}")
+
+
+def _change(state: StateDir, request: dict[str, Any], timeout: float, dry_run: bool) -> None:
+    """Sends a change to the supervisor and renders its answer as kubectl does; exits 1 unless it was applied."""
+    from waypost.local.control import ControlError, call, diagnostic_from_json
+
+    try:
+        response = call(state.control_socket, request, timeout)
+    except ControlError as exc:
+        _fail(str(exc))
+        return
+    diagnostics = [diagnostic_from_json(d) for d in response.get("diagnostics", [])]
+    for d in diagnostics:
+        typer.echo(d.render(), err=True)
+    suffix = " (server dry run)" if dry_run else ""
+    for result in response.get("results", []):
+        typer.echo(f"{result['resource']} {result['action']}{suffix}")
+    for line in response.get("errors", []):
+        typer.echo(line, err=True)
+    errors = [d for d in diagnostics if d.severity.value == "Error"]
+    if errors:
+        _fail(f"{len(errors)} invalid resource(s); nothing was changed")
+    if not response.get("ok"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def apply(
+    filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and compute the change, but change nothing."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for every affected proxy to ACK."),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Create or replace resources in the running mesh; returns once every affected proxy serves them."""
+    state = _state(state_dir)
+    _running(state)
+    problem = _privileged_ports_problem(filename)
+    if problem:
+        _fail(problem)
+    paths = [str(Path(f).absolute()) for f in filename]
+    _change(state, {"op": "apply", "paths": paths, "dry_run": dry_run}, timeout, dry_run)
+
+
+@app.command()
+def delete(
+    filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory naming the resources (repeatable)."),
+    ignore_not_found: bool = typer.Option(False, "--ignore-not-found", help="A resource that does not exist is not an error."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and compute the change, but change nothing."),
+    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for every affected proxy to ACK."),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Delete the resources named in the manifests from the running mesh (deleting a Namespace deletes its contents)."""
+    state = _state(state_dir)
+    _running(state)
+    paths = [str(Path(f).absolute()) for f in filename]
+    _change(state, {"op": "delete", "paths": paths, "ignore_not_found": ignore_not_found, "dry_run": dry_run}, timeout, dry_run)
+
+
+@app.command()
+def describe(
+    kind: str = typer.Argument(..., help="Resource kind: service, gateway, httproute, pod, deployment, namespace, ..."),
+    name: str = typer.Argument(...),
+    namespace: Optional[str] = typer.Option(None, "-n", "--namespace"),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Show one resource: its conditions, what it attaches to, and what is attached to it."""
+    from . import describe as describer
+    from . import get as getter
+
+    state = _state(state_dir)
+    current = state.read_state()
+    if current is None:
+        _fail(f"no mesh in {state.root}")
+    assert current is not None
+    try:
+        docs = json.loads(state.resources_file.read_text())
+    except (OSError, ValueError):
+        docs = []
+    try:
+        resolved = getter.kind_of(kind)
+        doc = describer.find(docs, current, resolved, name, namespace or "default", getter.KINDS[resolved][1])
+    except getter.GetError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(describer.describe(doc, docs, current))
 
 
 def main() -> None:

@@ -53,6 +53,16 @@ class StateDir:
     def echo_ready(self) -> Path:
         return self.root / "workloads-ready.json"
 
+    @property
+    def control_socket(self) -> Path:
+        """The running supervisor's control channel (see `control.py`)."""
+        return self.root / "control.sock"
+
+    @property
+    def applied_file(self) -> Path:
+        """Resources added by `waypost apply` and tombstones of `waypost delete` (see `manifests.py`)."""
+        return self.root / "applied.json"
+
     def ensure(self) -> None:
         for d in (self.root, self.logs, self.certs, self.bootstraps):
             d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,141 @@
+"""What the supervisor writes for the CLI to read: the mesh view in `state.json` and `resources.json`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from waypost.api.meta import Resource
+from waypost.mesh import MeshSnapshot
+
+from .manifests import Key, ResourceHistory
+
+
+def mesh_view(snapshot: MeshSnapshot) -> dict[str, Any]:
+    """The parts of a snapshot that `status`, `request` and `describe` need, as JSON."""
+    return {
+        "services": [
+            {
+                "namespace": s.namespace,
+                "name": s.name,
+                "vip": s.vip,
+                "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol} for p in s.ports],
+                "waypoint": str(s.waypoint) if s.waypoint else None,
+                "endpoints": sorted({e.workload for _, eps in s.endpoints for e in eps}),
+            }
+            for s in snapshot.services
+        ],
+        "workloads": [
+            {
+                "kind": w.kind,
+                "namespace": w.namespace,
+                "pod": w.name,
+                "owner": w.owner,
+                "address": w.address,
+                "app_address": w.app_address,
+                "identity": w.identity,
+                "captured": w.captured,
+                "echo": w.echo,
+                "waypoint": str(w.waypoint) if w.waypoint else None,
+            }
+            for w in snapshot.workloads
+        ],
+        "waypoints": [
+            {"namespace": w.namespace, "name": w.name, "address": w.address, "identity": w.identity, "for": w.traffic_for}
+            for w in snapshot.waypoints
+        ],
+        "conditions": [
+            {
+                "kind": st.kind,
+                "namespace": st.namespace,
+                "name": st.name,
+                "conditions": [c.as_dict() for c in st.conditions],
+                "parents": [{"parentRef": p, "conditions": [c.as_dict() for c in cs]} for p, cs in st.parents],
+            }
+            for st in snapshot.statuses
+        ],
+    }
+
+
+def resource_documents(
+    resources: Sequence[Resource],
+    snapshot: MeshSnapshot,
+    now: str,
+    history: Mapping[Key, ResourceHistory] | None = None,
+    previous: Sequence[dict[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """The resources as `kubectl get -o yaml` would show them: defaults filled in, computed status added.
+
+    `history` supplies each resource's creation time and generation (bumped on every spec change), and
+    `previous` the documents written before: a condition whose status did not change keeps its
+    `lastTransitionTime`, as the API server keeps it.
+    """
+    from waypost.api.gateway import GatewayClass
+    from waypost.mesh.status import resource_status
+    from waypost.mesh.waypoints import MESH_CONTROLLER, WAYPOINT_CLASS
+
+    resources = list(resources)
+    history = history or {}
+    if not any(isinstance(r, GatewayClass) and r.name == WAYPOINT_CLASS for r in resources):
+        # Like istiod, the mesh provides the istio-waypoint class when the user did not declare it.
+        resources.append(
+            GatewayClass.model_validate(
+                {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": WAYPOINT_CLASS}, "spec": {"controllerName": MESH_CONTROLLER}}
+            )
+        )
+    earlier = {_doc_key(d): d for d in previous}
+    docs = []
+    for r in resources:
+        doc = _prune(r.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        meta = doc.setdefault("metadata", {})
+        if r.NAMESPACED:
+            meta["namespace"] = r.namespace
+        seen = history.get(r.key)
+        meta.setdefault("creationTimestamp", seen.created if seen else now)
+        meta.setdefault("generation", seen.generation if seen else 1)
+        if r.KIND == "Service":
+            service = snapshot.service(f"{r.namespace}/{r.name}")
+            if service is not None:
+                doc.setdefault("spec", {})["clusterIP"] = service.vip
+                doc["spec"]["clusterIPs"] = [service.vip]
+        status = resource_status(r, snapshot)
+        if status is not None:
+            before = dict(_keyed_conditions(earlier.get(_doc_key(doc), {}).get("status", {})))
+            for where, condition in _keyed_conditions(status):
+                condition["observedGeneration"] = meta["generation"]
+                old = before.get(where)
+                if old is not None and old.get("status") == condition.get("status") and old.get("lastTransitionTime"):
+                    condition["lastTransitionTime"] = old["lastTransitionTime"]
+                condition.setdefault("lastTransitionTime", now)
+            doc["status"] = status
+        docs.append(doc)
+    return docs
+
+
+def _doc_key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    meta = doc.get("metadata", {})
+    return (doc.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
+
+
+def _prune(value: Any) -> Any:
+    """Drops empty lists and maps that only model defaults produced, as the API server would not show them."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v != {} and v != []}
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+def _keyed_conditions(status: dict[str, Any]) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """Every condition of a status with a key that names it across rewrites: (its parent or listener, type)."""
+    for condition in status.get("conditions", []):
+        yield ("", condition.get("type", "")), condition
+    for item in status.get("parents", []):
+        where = json.dumps(item.get("parentRef", {}), sort_keys=True)
+        for condition in item.get("conditions", []):
+            yield (where, condition.get("type", "")), condition
+    for item in status.get("listeners", []):
+        for condition in item.get("conditions", []):
+            yield (f"listener/{item.get('name', '')}", condition.get("type", "")), condition

@@ -1,0 +1,196 @@
+"""The Envoy processes of a mesh (ztunnels, waypoints) and the xDS snapshots each one is served.
+
+The fleet remembers, per proxy, the config it was last given and the config generation that config
+belongs to. A proxy whose config did not change in a new generation keeps its old generation (and xDS
+pushes it nothing), which is how `state.json` shows that only the affected proxies were updated.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from waypost.ca import CertificateAuthority
+from waypost.envoy import ProxyConfig, bootstrap
+from waypost.mesh.addresses import ADMIN_PORT, XDS_PORT
+from waypost.xds import TYPE_CLUSTER, TYPE_LISTENER, TYPE_ROUTE, TYPE_SECRET, Snapshot, XdsServer
+from waypost.xds.types import short_name
+
+from .binary import envoy_path
+from .children import Child, admin_ready, listeners_warm
+from .state import StateDir
+
+
+def secret_resources(ca: CertificateAuthority, names: Sequence[str], cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """SDS secrets by name: the root, and a workload certificate per SPIFFE identity (issued once, cached)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name == "ROOTCA":
+            out[name] = {"name": name, "validation_context": {"trusted_ca": {"inline_string": ca.root_cert_pem}}}
+            continue
+        if name not in cache:
+            cert = ca.issue(name)
+            cache[name] = {
+                "name": name,
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": cert.cert_chain_pem},
+                    "private_key": {"inline_string": cert.private_key_pem},
+                },
+            }
+        out[name] = cache[name]
+    return out
+
+
+def xds_snapshot(config: ProxyConfig, secrets: dict[str, dict[str, Any]]) -> Snapshot:
+    return Snapshot(
+        {
+            TYPE_LISTENER: {l["name"]: l for l in config.listeners},
+            TYPE_CLUSTER: {c["name"]: c for c in config.clusters},
+            TYPE_ROUTE: {r["name"]: r for r in config.routes},
+            TYPE_SECRET: secrets,
+        }
+    )
+
+
+class ProxyFleet:
+    def __init__(self, state: StateDir, xds: XdsServer, ca: CertificateAuthority, control_plane: str, concurrency: int) -> None:
+        self.state = state
+        self.xds = xds
+        self.ca = ca
+        self.control_plane = control_plane
+        self.concurrency = concurrency
+        self.configs: dict[str, ProxyConfig] = {}  # what xDS serves each proxy now
+        self.generations: dict[str, int] = {}  # the config generation that config belongs to
+        self._versions: dict[str, dict[str, str]] = {}  # type_url -> version of what xDS serves each proxy
+        self._children: dict[str, Child] = {}
+        self._addresses: dict[str, str] = {}
+        self._lock = threading.Lock()  # the supervisor acts on one thread; this keeps a reader on another (state.json) safe
+        self._certs: dict[str, dict[str, Any]] = {}
+
+    # -- configuration ---------------------------------------------------------------------------------
+    def set_config(self, pid: str, config: ProxyConfig, generation: int) -> bool:
+        """Serves `config` to the proxy; False (and nothing pushed) when it already has exactly that config.
+
+        Raises EncodeError before changing anything when the config cannot be encoded."""
+        if self.configs.get(pid) == config:
+            return False
+        snapshot = xds_snapshot(config, secret_resources(self.ca, config.secrets, self._certs))
+        self.xds.set_snapshot(pid, snapshot)
+        self.configs[pid] = config
+        self.generations[pid] = generation
+        self._versions[pid] = {t: snapshot.version(t) for t in snapshot.resources}
+        return True
+
+    # -- processes -------------------------------------------------------------------------------------
+    def start(self, pid: str) -> None:
+        config = self.configs[pid]
+        name = pid.replace("~", ".")
+        boot = bootstrap(pid, config.kind, (config.address, ADMIN_PORT), (self.control_plane, XDS_PORT))
+        boot_file = self.state.bootstraps / f"{name}.json"
+        boot_file.write_text(json.dumps(boot, indent=1, sort_keys=True))
+        argv = [
+            envoy_path(), "-c", str(boot_file), "--disable-hot-restart", "--concurrency", str(self.concurrency),
+            "--log-level", "warning", "--drain-time-s", "1", "--service-node", pid, "--service-cluster", config.kind,
+        ]
+        child = Child(pid, argv, self.state.logs / f"{name}.log")
+        child.start()
+        with self._lock:
+            self._children[pid] = child
+            self._addresses[pid] = config.address
+
+    def stop(self, pid: str) -> None:
+        """Stops the proxy's Envoy and forgets it. xDS keeps its last snapshot: nothing will ask for it."""
+        with self._lock:
+            child = self._children.pop(pid, None)
+            self._addresses.pop(pid, None)
+        if child is not None:
+            child.stop()
+        self.configs.pop(pid, None)
+        self.generations.pop(pid, None)
+        self._versions.pop(pid, None)
+
+    def started_address(self, pid: str) -> str | None:
+        """The address the running Envoy was started with: its admin listener and bootstrap use it."""
+        with self._lock:
+            return self._addresses.get(pid) if pid in self._children else None
+
+    def poll_restart(self) -> bool:
+        with self._lock:
+            children = list(self._children.values())
+        return any([child.poll_restart() for child in children])
+
+    def stop_all(self) -> None:
+        with self._lock:
+            children = list(self._children.values())
+            self._children.clear()
+        for child in children:
+            child.stop()
+
+    # -- readiness -------------------------------------------------------------------------------------
+    def wait(self, pids: Iterable[str], deadline: float, stopping: threading.Event, new: Iterable[str] = ()) -> str | None:
+        """Waits until every proxy has ACKed what it is served and has no listener warming (and, for
+        `new` ones, has started serving). Returns None, or the reason it never will."""
+        pending = set(pids)
+        new = set(new)
+        while pending:
+            for pid in sorted(pending):
+                problem = self._problem(pid, pid in new)
+                if problem:
+                    return problem
+                address = f"{self.configs[pid].address}:{ADMIN_PORT}"
+                if not self.xds.node_status(pid).in_sync:
+                    continue
+                if pid in new and not admin_ready(address):
+                    continue
+                if listeners_warm(address):
+                    pending.discard(pid)
+            if not pending:
+                return None
+            if stopping.is_set():
+                return "the supervisor is stopping"
+            if time.monotonic() > deadline:
+                return f"not ready in time: {', '.join(sorted(pending))}"
+            self.xds.wait_in_sync(pending, 0.05)
+            time.sleep(0.005)
+        return None
+
+    def _problem(self, pid: str, new: bool) -> str | None:
+        status = self.xds.node_status(pid)
+        served = self._versions.get(pid, {})
+        for type_url, (version, message) in status.nacked.items():
+            # A NACK of an older push is history; only a rejection of what is served now counts.
+            if version and version == served.get(type_url):
+                return f"{pid} rejected its new {short_name(type_url)} configuration: {message}"
+        with self._lock:
+            child = self._children.get(pid)
+        # A proxy that was running before restarts and catches up; one that cannot even start will not.
+        if new and child is not None and child.exited:
+            return f"{pid} exited with {child.proc.returncode if child.proc else '?'}; see {child.log_file}"
+        return None
+
+    # -- state.json ------------------------------------------------------------------------------------
+    def proxies_state(self) -> list[dict[str, Any]]:
+        out = []
+        for pid, config in sorted(self.configs.items()):
+            with self._lock:
+                child = self._children.get(pid)
+            status = self.xds.node_status(pid)
+            out.append(
+                {
+                    "name": pid,
+                    "kind": config.kind,
+                    "address": config.address,
+                    "pid": child.pid if child else None,
+                    "admin": f"{config.address}:{ADMIN_PORT}",
+                    # The generation of the config this proxy has ACKed; None while it is catching up.
+                    "version": self.generations.get(pid) if status.in_sync else None,
+                    "ready": status.in_sync,
+                    "restarts": child.restarts if child else 0,
+                    "xds_versions": {short_name(t): v for t, v in sorted(status.acked.items()) if v},
+                }
+            )
+        return out
+
