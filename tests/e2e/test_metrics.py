@@ -139,3 +139,31 @@ def test_merge_labels_samples_with_their_proxy():
     merged = merge([("wp", a), ("zt", b)])
     got = {(s.labels["proxy"], s.labels["reporter"]): s.value for s in samples(merged, "istio_requests_total")}
     assert got == {("wp", "waypoint"): 3, ("zt", "destination"): 1}
+
+
+def test_scrape_endpoints_cli_metrics_and_deny_reason_in_access_log(start_mesh):
+    import urllib.request
+
+    mesh = start_mesh(base() + ROUTE + DENY, name="endpoints")
+    assert mesh.request("app/client", "http://svc/denied").status == 403
+    assert mesh.request("app/client", "http://svc/ok").status == 200
+    waypoint = next(p for p in mesh.state["proxies"] if p["kind"] == "waypoint")
+    assert waypoint["metrics"] == f"http://{waypoint['address']}:15020/stats/prometheus"
+    deadline = time.monotonic() + 10
+    while True:
+        own = urllib.request.urlopen(waypoint["metrics"], timeout=5).read().decode()
+        merged = urllib.request.urlopen(mesh.state["metrics"], timeout=5).read().decode()
+        if len(samples(own, "istio_requests_total")) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert {s.labels["response_code"] for s in samples(own, "istio_requests_total")} == {"200", "403"}
+    assert {s.labels["proxy"] for s in samples(merged, "istio_requests_total")} == {waypoint["name"]}
+    assert samples(mesh.cli("metrics").stdout, "istio_requests_total")
+    deadline = time.monotonic() + 10
+    while True:
+        lines = mesh.cli("logs", waypoint["name"]).stdout.splitlines()
+        denied = [line for line in lines if '"GET /denied' in line]
+        if denied or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert denied and denied[0].endswith("# denied by AuthorizationPolicy app/deny, rule 0"), lines

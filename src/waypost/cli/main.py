@@ -354,6 +354,54 @@ def describe(
     typer.echo(describer.describe(doc, docs, current))
 
 
+@app.command()
+def metrics(state_dir: Optional[str] = StateOpt) -> None:
+    """Print the mesh's merged Prometheus metrics (Istio names; each sample labelled with its proxy)."""
+    from waypost.local.metrics import fetch, merge
+
+    state = _state(state_dir)
+    current = state.read_state()
+    if current is None or state.supervisor_pid() is None:
+        _fail(f"no running mesh in {state.root}")
+    assert current is not None
+    try:
+        typer.echo(merge((p["name"], fetch(p["admin"])) for p in current.get("proxies", [])), nl=False)
+    except OSError as exc:
+        _fail(f"cannot scrape a proxy: {exc}")
+
+
+@app.command()
+def logs(
+    proxy: str = typer.Argument(..., help="Proxy name as `waypost status` lists it (e.g. waypoint~ns~name, ztunnel~node-0)."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Print a proxy's access log; denied requests end with the AuthorizationPolicy and rule that decided."""
+    from waypost.local.logs import is_access_log, readable
+
+    state = _state(state_dir)
+    current = state.read_state() or {}
+    names = [p["name"] for p in current.get("proxies", [])]
+    matches = [n for n in names if n == proxy or n.replace("~", ".") == proxy or n.endswith(f"~{proxy}")]
+    if not matches:
+        _fail(f"no proxy {proxy!r} (proxies: {', '.join(names) or 'none'})")
+    path = state.logs / f"{matches[0].replace('~', '.')}.log"
+    position = 0
+    while True:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(position)
+                for line in f:
+                    if is_access_log(line):
+                        typer.echo(readable(line.rstrip("\n")))
+                position = f.tell()
+        except FileNotFoundError:
+            pass
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
 def main() -> None:
     app()
 

@@ -26,9 +26,10 @@ def status(state: dict[str, Any]) -> str:
         f"control plane: pid {cp.get('pid')}, xDS {cp.get('xds')}",
         "",
         table(
-            ["PROXY", "KIND", "ADDRESS", "PID", "ADMIN", "VERSION", "READY"],
-            [[p["name"], p["kind"], p["address"], p["pid"], p["admin"], p.get("version"), p.get("ready")] for p in state.get("proxies", [])],
+            ["PROXY", "KIND", "ADDRESS", "PID", "ADMIN", "METRICS", "VERSION", "READY"],
+            [[p["name"], p["kind"], p["address"], p["pid"], p["admin"], p.get("metrics", ""), p.get("version"), p.get("ready")] for p in state.get("proxies", [])],
         ),
+        f"merged metrics: {state.get('metrics')}",
         "",
         services_table(state),
         "",

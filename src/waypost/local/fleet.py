@@ -94,6 +94,9 @@ class ProxyFleet:
         argv = [
             envoy_path(), "-c", str(boot_file), "--disable-hot-restart", "--concurrency", str(self.concurrency),
             "--log-level", "warning", "--drain-time-s", "1", "--service-node", pid, "--service-cluster", config.kind,
+            # Envoy's own log goes to its own file: stdout (the Child's log) then holds access logs only,
+            # flushed every second so `waypost logs` is current.
+            "--log-path", str(self.state.logs / f"{name}.envoy.log"), "--file-flush-interval-msec", "1000",
         ]
         child = Child(pid, argv, self.state.logs / f"{name}.log")
         child.start()

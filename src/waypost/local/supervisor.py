@@ -46,6 +46,8 @@ from .control import ControlServer
 from .documents import mesh_view, resource_documents
 from .fleet import ProxyFleet, secret_resources, xds_snapshot  # noqa: F401 - re-exported
 from .manifests import compose, load_overlay, track
+from .metrics_server import PATH as METRICS_PATH
+from .metrics_server import STATS_PORT, MetricsEndpoints
 from .rollout import roll_out
 from .state import StateDir, write_json_atomic
 from .watch import POLL_INTERVAL, ManifestWatcher
@@ -88,6 +90,7 @@ class Supervisor:
         self.xds: XdsServer | None = None
         self.changes: Changes | None = None
         self._control: ControlServer | None = None
+        self._metrics: MetricsEndpoints | None = None
         self._watcher: ManifestWatcher | None = None
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
@@ -200,8 +203,11 @@ class Supervisor:
             raise StartupError(rollout.error)
         self._control = ControlServer(self.state.control_socket, self._submit)
         self._control.start()
+        self._metrics = MetricsEndpoints(plan.control_plane)
 
     def _shutdown(self) -> None:
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._control is not None:
             self._control.stop()
         if self.fleet is not None:
@@ -223,6 +229,11 @@ class Supervisor:
         extra = {"phase": "ready", **(extra or {})}
         with self._state_lock:
             running = self.running
+            proxies = self.fleet.proxies_state() if self.fleet else []
+            if self._metrics is not None:
+                self._metrics.sync(proxies)
+                for p in proxies:
+                    p["metrics"] = f"http://{p['address']}:{STATS_PORT}{METRICS_PATH}"
             state = {
                 **self.info,
                 "control_plane": {
@@ -230,7 +241,8 @@ class Supervisor:
                     "xds": f"{running.snapshot.plan.control_plane}:{XDS_PORT}" if running else None,
                     "control_socket": str(self.state.control_socket) if self._control else None,
                 },
-                "proxies": self.fleet.proxies_state() if self.fleet else [],
+                "proxies": proxies,
+                "metrics": f"http://{running.snapshot.plan.control_plane}:{STATS_PORT}{METRICS_PATH}" if running and self._metrics else None,
                 "workloads_process": {"pid": self.workloads.pid} if self.workloads.pid else None,
                 "state_dir": str(self.state.root),
                 "config_generation": running.generation if running else 0,
