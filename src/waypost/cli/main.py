@@ -355,6 +355,37 @@ def describe(
 
 
 @app.command()
+def analyze(
+    filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory (repeatable)."),
+    output: str = typer.Option("log", "-o", "--output", help="log, json or yaml"),
+    failure_threshold: str = typer.Option("Error", "--failure-threshold", help="Info, Warning or Error: exit 79 on findings at or above it."),
+) -> None:
+    """Analyze manifests offline for problems and ambient traps (istioctl analyze style)."""
+    import yaml
+
+    from waypost.api import load_paths
+    from waypost.mesh import AddressPlan, build
+    from waypost.mesh.analysis import LEVELS, analyze as run_analysis, from_diagnostics
+
+    if failure_threshold not in LEVELS:
+        _fail(f"--failure-threshold must be one of {', '.join(LEVELS)}")
+    result = load_paths(filename)
+    snapshot = build(result.resources, AddressPlan(1))  # addresses do not matter offline
+    findings = from_diagnostics(result.diagnostics) + run_analysis(result.resources, snapshot)
+    if output == "json":
+        typer.echo(json.dumps([f.as_dict() for f in findings], indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump([f.as_dict() for f in findings], sort_keys=False).rstrip())
+    elif findings:
+        for f in findings:
+            typer.echo(f.render())
+    else:
+        typer.echo(f"\u2714 No validation issues found when analyzing {len(result.resources)} resources.")
+    if any(LEVELS.index(f.level) >= LEVELS.index(failure_threshold) for f in findings):
+        raise typer.Exit(79)
+
+
+@app.command()
 def metrics(state_dir: Optional[str] = StateOpt) -> None:
     """Print the mesh's merged Prometheus metrics (Istio names; each sample labelled with its proxy)."""
     from waypost.local.metrics import fetch, merge
