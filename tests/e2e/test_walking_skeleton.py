@@ -242,3 +242,16 @@ def test_get_shows_resources_with_computed_status(start_mesh):
     assert service["status"]["conditions"][0]["reason"] == "WaypointAccepted"
     assert "istio-waypoint" in mesh.cli("get", "gatewayclass").stdout
     assert mesh.cli("get", "httproute", "nope", "-n", "quickstart", check=False).returncode != 0
+
+
+def test_proxy_config_shows_what_the_envoys_run(start_mesh):
+    mesh = start_mesh(QUICKSTART, name="pc")
+    routes = mesh.cli("proxy-config", "route", "waypoint").stdout.splitlines()
+    assert routes[0].split()[:3] == ["NAME", "VHOST", "NAME"]
+    assert any("echo.quickstart.svc.cluster.local:80" in line and "path_separated_prefix: /v2" in line for line in routes)
+    clusters = mesh.cli("proxy-config", "cluster", "waypoint").stdout
+    assert "echo-v2.quickstart.svc.cluster.local   80" in clusters
+    secrets = mesh.cli("proxy-config", "secret", "ztunnel~node-0").stdout
+    assert "spiffe://cluster.local/ns/quickstart/sa/client" in secrets and "ROOTCA" in secrets
+    listeners = json.loads(mesh.cli("proxy-config", "listener", "waypoint", "-o", "json").stdout)
+    assert {l["name"] for l in listeners} >= {"connect_terminate", "main_internal"}

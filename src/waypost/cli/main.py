@@ -385,6 +385,35 @@ def analyze(
         raise typer.Exit(79)
 
 
+@app.command("proxy-config")
+def proxy_config(
+    kind: str = typer.Argument(..., help="listener, route, cluster, secret or all"),
+    proxy: str = typer.Argument(..., help="Proxy name as `waypost status` lists it (or its last part, e.g. the waypoint's name)."),
+    output: str = typer.Option("short", "-o", "--output", help="short, json or yaml"),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Show the configuration an Envoy is running, from its admin config dump (like istioctl proxy-config)."""
+    from . import proxy_config as pc
+
+    if kind not in pc.KINDS:
+        _fail(f"kind must be one of {', '.join(pc.KINDS)}")
+    admin = _proxy_admin(_state(state_dir), proxy)
+    try:
+        typer.echo(pc.render(kind, admin, output))
+    except OSError as exc:
+        _fail(f"cannot read {proxy}'s config dump: {exc}")
+
+
+def _proxy_admin(state: StateDir, proxy: str) -> str:
+    current = state.read_state() or {}
+    proxies = current.get("proxies", [])
+    matches = [p for p in proxies if proxy in (p["name"], p["name"].replace("~", "."), p["name"].split("~")[-1])]
+    if len(matches) != 1:
+        names = ", ".join(p["name"] for p in proxies) or "none"
+        _fail(f"{'ambiguous' if matches else 'no'} proxy {proxy!r} (proxies: {names})")
+    return matches[0]["admin"]
+
+
 @app.command()
 def metrics(state_dir: Optional[str] = StateOpt) -> None:
     """Print the mesh's merged Prometheus metrics (Istio names; each sample labelled with its proxy)."""
