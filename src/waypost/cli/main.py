@@ -462,6 +462,11 @@ def logs(
         time.sleep(0.5)
 
 
+from . import waypoint as _waypoint  # noqa: E402 - registered after the helpers it uses
+
+_waypoint.register(app, StateOpt, _state, _change, _running)
+
+
 def main() -> None:
     app()
 
