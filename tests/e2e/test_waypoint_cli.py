@@ -41,7 +41,9 @@ def through_waypoint(mesh) -> bool:
 
 def test_waypoint_lifecycle_with_namespace_enrolment(start_mesh):
     mesh = start_mesh(MESH, name="wpcli")
-    generated = yaml.safe_load(mesh.cli("waypoint", "generate", "-n", "shop", "--for", "service").stdout)
+    from tests.conftest import waypost
+
+    generated = yaml.safe_load(waypost("waypoint", "generate", "-n", "shop", "--for", "service", check=True).stdout)
     assert generated["spec"]["listeners"] == [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]
     assert not through_waypoint(mesh)
     out = mesh.cli("waypoint", "apply", "-n", "shop", "--enroll-namespace").stdout
