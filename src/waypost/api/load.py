@@ -35,6 +35,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         l4routes.TCPRoute,
         l4routes.TLSRoute,
         networking.WorkloadEntry,
+        networking.ServiceEntry,
         security.AuthorizationPolicy,
         security.RequestAuthentication,
     )
@@ -47,7 +48,6 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("extensions.istio.io", "WasmPlugin"): "extension",
     ("extensions.istio.io", "TrafficExtension"): "extension",
     ("networking.istio.io", "EnvoyFilter"): "extension",
-    ("networking.istio.io", "ServiceEntry"): "networking",
     ("networking.istio.io", "VirtualService"): "networking",
     ("networking.istio.io", "DestinationRule"): "networking",
     ("networking.istio.io", "Sidecar"): "networking",

@@ -7,9 +7,9 @@ identity and can be selected by Services, like a VM in a real mesh.
 from __future__ import annotations
 
 import ipaddress
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .meta import Model, Resource
 
@@ -27,7 +27,11 @@ class WorkloadEntrySpec(Model):
 
     @field_validator("address")
     @classmethod
-    def _loopback_address(cls, value: str) -> str:
+    def _loopback(cls, value: str) -> str:
+        return cls._loopback_address(value)
+
+    @staticmethod
+    def _loopback_address(value: str) -> str:
         try:
             ip = ipaddress.ip_address(value)
         except ValueError:
@@ -50,3 +54,74 @@ class WorkloadEntry(Resource):
     KIND: ClassVar[str] = "WorkloadEntry"
     VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1", "v1alpha3")
     spec: WorkloadEntrySpec
+
+
+class ServiceEntryPort(Model):
+    number: int = Field(ge=1, le=65535)
+    protocol: str | None = None
+    name: str = Field(min_length=1)
+    target_port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class ServiceEntryEndpoint(Model):
+    address: str = Field(min_length=1)
+    ports: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    network: str | None = None
+    locality: str | None = None
+    weight: int | None = Field(default=None, ge=0)
+    service_account: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        return WorkloadEntrySpec._loopback_address(value)
+
+
+class ServiceEntrySpec(Model):
+    hosts: list[str] = Field(min_length=1, max_length=1)  # one mesh service per entry (several hosts: not yet)
+    addresses: list[str] = Field(default_factory=list)
+    ports: list[ServiceEntryPort] = Field(default_factory=list)
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
+    endpoints: list[ServiceEntryEndpoint] = Field(default_factory=list)
+    workload_selector: dict[str, dict[str, str]] | None = None
+    export_to: list[str] = Field(default_factory=list)
+    subject_alt_names: list[str] = Field(default_factory=list)
+
+    @field_validator("addresses")
+    @classmethod
+    def _vips(cls, values: list[str]) -> list[str]:
+        for v in values:
+            ip = ipaddress.ip_address(v.split("/")[0])
+            if not ip.is_loopback:
+                raise ValueError(f"{v}: the local mesh can only give a ServiceEntry a loopback address")
+        return values
+
+    @model_validator(mode="after")
+    def _istio_validation(self) -> "ServiceEntrySpec":
+        if self.endpoints and self.workload_selector:
+            raise ValueError("only one of endpoints or workloadSelector may be set")
+        if self.resolution in ("DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS") and any(not _is_ip(e.address) for e in self.endpoints):
+            raise ValueError("DNS resolution of endpoint hostnames is not supported yet; give endpoints IP addresses")
+        if self.resolution == "NONE" and self.endpoints:
+            raise ValueError("resolution NONE does not take endpoints")
+        names = [p.name for p in self.ports]
+        if len(names) != len(set(names)):
+            raise ValueError("ports: names must be unique")
+        return self
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+class ServiceEntry(Resource):
+    GROUP: ClassVar[str] = ISTIO_NETWORKING_GROUP
+    KIND: ClassVar[str] = "ServiceEntry"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1", "v1alpha3")
+    spec: ServiceEntrySpec

@@ -25,6 +25,8 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "TLSRoute": (("tlsroute", "tlsroutes"), True),
     "WorkloadEntry": (("workloadentry", "workloadentries", "we"), True),
     "ReferenceGrant": (("referencegrant", "referencegrants", "refgrant"), True),
+    "ServiceEntry": (("serviceentry", "serviceentries", "se"), True),
+    "RequestAuthentication": (("requestauthentication", "requestauthentications", "ra"), True),
     "AuthorizationPolicy": (("authorizationpolicy", "authorizationpolicies", "ap"), True),
 }
 
@@ -129,6 +131,8 @@ def _row(kind: str, d: dict[str, Any], now: datetime, state: dict[str, Any], wid
         return [meta["name"], 0, age]
     if kind == "AuthorizationPolicy":
         return [meta["name"], spec.get("action", "ALLOW"), age]
+    if kind == "ServiceEntry":
+        return [meta["name"], ",".join(spec.get("hosts", [])), spec.get("location", "MESH_EXTERNAL"), spec.get("resolution", "NONE"), age]
     return [meta["name"], age]
 
 
@@ -145,6 +149,7 @@ HEADERS = {
     "WorkloadEntry": ["NAME", "AGE", "ADDRESS"],
     "ServiceAccount": ["NAME", "SECRETS", "AGE"],
     "AuthorizationPolicy": ["NAME", "ACTION", "AGE"],
+    "ServiceEntry": ["NAME", "HOSTS", "LOCATION", "RESOLUTION", "AGE"],
 }
 WIDE = {"Service": ["SELECTOR", "WAYPOINT"], "Pod": ["IP", "NODE", "WAYPOINT"]}
 

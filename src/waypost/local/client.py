@@ -57,6 +57,9 @@ def resolve_host(state: dict[str, Any], host: str, client_namespace: str) -> str
     except ValueError:
         pass
     name = host.rstrip(".")
+    for s in state.get("services", []):
+        if s.get("kind") == "ServiceEntry" and s.get("hostname") == name:
+            return s["vip"]  # a ServiceEntry host resolves everywhere, as Istio's DNS proxy answers it
     suffix = ".svc.cluster.local"
     if name.endswith(suffix):
         name = name[: -len(suffix)]

@@ -19,6 +19,8 @@ def mesh_view(snapshot: MeshSnapshot) -> dict[str, Any]:
             {
                 "namespace": s.namespace,
                 "name": s.name,
+                "kind": s.kind,
+                "hostname": s.fqdn,
                 "vip": s.vip,
                 "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol} for p in s.ports],
                 "waypoint": str(s.waypoint) if s.waypoint else None,

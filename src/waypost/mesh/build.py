@@ -10,12 +10,12 @@ from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute
 from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meta import Resource
-from waypost.api.networking import WorkloadEntry
+from waypost.api.networking import ServiceEntry, WorkloadEntry
 from waypost.api.security import AuthorizationPolicy, RequestAuthentication
 
 from . import l4routes, policies as authz, registry, routes as route_attachment, waypoints as binding
 from .addresses import AddressPlan
-from .model import Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload
+from .model import Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
 
 DEFAULT_NODE = "node-0"
 
@@ -145,7 +145,12 @@ def build(
 
     # Services: VIPs, ports, endpoints and the service waypoint binding.
     service_resources = sorted(of(ServiceResource), key=lambda s: (s.namespace, s.name))
-    vips = _allocate([f"{s.namespace}/{s.name}" for s in service_resources], previous, plan.vip, "svc")
+    entries = sorted(of(ServiceEntry), key=lambda e: (e.namespace, e.name))
+    vips = _allocate(
+        [f"{s.namespace}/{s.name}" for s in service_resources]
+        + [service_key("ServiceEntry", e.namespace, e.name) for e in entries if not e.spec.addresses],
+        previous, plan.vip, "svc",
+    )
     services: dict[str, Service] = {}
     for svc in service_resources:
         ports = registry.service_ports(svc)
@@ -161,13 +166,30 @@ def build(
         )
         if service_binding.condition is not None:
             statuses.append(ResourceStatus("Service", svc.namespace, svc.name, (service_binding.condition,)))
+    for entry in entries:
+        key = service_key("ServiceEntry", entry.namespace, entry.name)
+        ports = registry.service_entry_ports(entry)
+        entry_binding = resolve("Service", entry.namespace, entry.labels)
+        services[key] = Service(
+            namespace=entry.namespace,
+            name=entry.name,
+            vip=entry.spec.addresses[0].split("/")[0] if entry.spec.addresses else vips[key],
+            ports=ports,
+            waypoint=entry_binding.waypoint,
+            endpoints=registry.service_entry_endpoints(entry, ports, workloads),
+            kind="ServiceEntry",
+            hostname=entry.spec.hosts[0],
+        )
+        if entry_binding.condition is not None:
+            statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, (entry_binding.condition,)))
 
     routes, route_statuses = route_attachment.attach(
         sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
         waypoint_gateways,
         namespace_labels,
-        {f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
+        {**{f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
+         **{service_key("ServiceEntry", e.namespace, e.name): dict(e.labels) for e in entries}},
     )
     statuses.extend(route_statuses)
     l4, l4_statuses = l4routes.attach(

@@ -26,6 +26,7 @@ from .model import (
     ValueMatch,
     WeightedBackend,
     service_fqdn,
+    service_key,
 )
 
 RESOLVED_REFS = "ResolvedRefs"
@@ -90,16 +91,27 @@ def sort_key(route: HTTPRoute, rule_index: int, match_index: int, match: HTTPRou
 
 
 class BackendResolver:
-    """Resolves backendRefs and mirror references to Services (mesh routes need no ReferenceGrant)."""
+    """Resolves backendRefs and mirror references to Services or ServiceEntries (mesh routes need no
+    ReferenceGrant)."""
 
     def __init__(self, services: Mapping[str, Service]) -> None:
         self.services = services
 
+    @staticmethod
+    def supported(ref) -> bool:
+        return (ref.kind == "Service" and ref.group in ("", "core")) or (ref.kind == "ServiceEntry" and ref.group == "networking.istio.io")
+
+    def fqdn(self, route_ns: str, ref) -> str:
+        """The backend's host name, which names its cluster (a ServiceEntry's host, or the Service FQDN)."""
+        ns = ref.namespace or route_ns
+        service = self.services.get(service_key(ref.kind, ns, ref.name)) if self.supported(ref) else None
+        return service.fqdn if service is not None else service_fqdn(ns, ref.name)
+
     def resolve(self, route_ns: str, ref) -> tuple[bool, Condition | None]:
         ns = ref.namespace or route_ns
-        if ref.kind != "Service" or ref.group not in ("", "core"):
+        if not self.supported(ref):
             return False, Condition(RESOLVED_REFS, "False", "InvalidKind", f"referencing unsupported backendRef: group {ref.group!r} kind {ref.kind!r}")
-        service = self.services.get(f"{ns}/{ref.name}")
+        service = self.services.get(service_key(ref.kind, ns, ref.name))
         if service is None:
             return False, Condition(RESOLVED_REFS, "False", "BackendNotFound", f"backend({ref.name}.{ns}) not found")
         if service.port(ref.port or 0) is None:
@@ -121,7 +133,7 @@ def backend(route, ref: HTTPBackendRef, resolver: BackendResolver, problems: lis
             # Anything else on a backendRef is not implemented: fail that share closed (500), don't skip it.
             problems.append(Condition(RESOLVED_REFS, "False", "UnsupportedValue", f"backendRef filter {f.type} is not supported"))
             exists = False
-    return WeightedBackend(service_fqdn(ref.namespace or route.namespace, ref.name), ref.port or 0, ref.weight, exists, request, response)
+    return WeightedBackend(resolver.fqdn(route.namespace, ref), ref.port or 0, ref.weight, exists, request, response)
 
 
 def _rewrite(modifier, prefix: str) -> PathRewrite | None:
@@ -156,8 +168,7 @@ def mirror(route, f: HTTPRouteFilter, resolver: BackendResolver, problems: list[
         per_million = m.percent * 10_000
     else:
         per_million = 1_000_000
-    ns = m.backend_ref.namespace or route.namespace
-    return Mirror(service_fqdn(ns, m.backend_ref.name), m.backend_ref.port or 0, per_million)
+    return Mirror(resolver.fqdn(route.namespace, m.backend_ref), m.backend_ref.port or 0, per_million)
 
 
 def rule_entries(route: HTTPRoute, rule_index: int, rule: HTTPRouteRule, resolver: BackendResolver) -> RuleResult:

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from waypost.api.l4routes import TCPRoute, TLSRoute
 
 from .http import BackendResolver
-from .model import Condition, L4RouteEntry, L4Routes, ResourceStatus, Service, WeightedBackend, service_fqdn
+from .model import Condition, L4RouteEntry, L4Routes, ResourceStatus, Service, WeightedBackend
+from .model import service_key as key_of
 from .routes import ACCEPTED, RESOLVED_REFS, parent_text
 
 L4_KINDS = ("TLSRoute", "TCPRoute")
@@ -45,7 +46,7 @@ def attach(
             exists, problem = resolver.resolve(route.namespace, ref)
             if problem:
                 problems.append(problem)
-            backends.append(WeightedBackend(service_fqdn(ref.namespace or route.namespace, ref.name), ref.port or 0, ref.weight, exists))
+            backends.append(WeightedBackend(resolver.fqdn(route.namespace, ref), ref.port or 0, ref.weight, exists))
         resolved = problems[0] if problems else Condition(RESOLVED_REFS, "True", "ResolvedRefs", "All references resolved")
         hostnames = tuple(route.spec.hostnames) if route.KIND == "TLSRoute" else ()
         entry = L4RouteEntry(f"{route.namespace}/{route.name}", route.KIND, hostnames, tuple(backends))
@@ -53,11 +54,11 @@ def attach(
         for ref in route.spec.parent_refs:
             text = parent_text(ref, route.namespace)
             ns = ref.namespace or route.namespace
-            if not (ref.kind == "Service" and ref.group in ("", "core")):
+            if not ((ref.kind == "Service" and ref.group in ("", "core")) or (ref.kind == "ServiceEntry" and ref.group == "networking.istio.io")):
                 if ref.kind != "Gateway":
                     parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            service = services.get(f"{ns}/{ref.name}")
+            service = services.get(key_of(ref.kind, ns, ref.name))
             if service is None:
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent service: "{ref.name}" not found'),)))
                 continue

@@ -19,6 +19,11 @@ def spiffe_id(namespace: str, service_account: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
 
 
+def service_key(kind: str, namespace: str, name: str) -> str:
+    """Services are keyed `ns/name`; ServiceEntries `ns/ServiceEntry/name` (the two kinds may share names)."""
+    return f"{namespace}/{name}" if kind == "Service" else f"{namespace}/{kind}/{name}"
+
+
 def service_fqdn(namespace: str, name: str) -> str:
     return f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"
 
@@ -145,14 +150,16 @@ class Service:
     ports: tuple[ServicePort, ...]
     waypoint: WaypointRef | None
     endpoints: tuple[tuple[int, tuple[Endpoint, ...]], ...]  # service port -> endpoints
+    kind: str = "Service"  # or "ServiceEntry"
+    hostname: str | None = None  # a ServiceEntry's host
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return service_key(self.kind, self.namespace, self.name)
 
     @property
     def fqdn(self) -> str:
-        return service_fqdn(self.namespace, self.name)
+        return self.hostname or service_fqdn(self.namespace, self.name)
 
     def endpoints_for(self, port: int) -> tuple[Endpoint, ...]:
         for p, eps in self.endpoints:

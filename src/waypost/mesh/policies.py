@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from waypost.api.security import AuthorizationPolicy
 
-from .model import Condition, ResourceStatus, Service, Waypoint, WaypointRef, Workload
+from .model import Condition, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
 from .waypoints import WAYPOINT_CLASS
 
 ROOT_NAMESPACE = "istio-system"
@@ -36,7 +36,7 @@ def targets_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, root_names
 
 def targets_service(policy: AuthorizationPolicy, service: Service) -> bool:
     return any(
-        ref.kind == "Service" and policy.namespace == service.namespace and ref.name == service.name for ref in policy.spec.targets
+        ref.kind == service.kind and policy.namespace == service.namespace and ref.name == service.name for ref in policy.spec.targets
     )
 
 
@@ -126,12 +126,12 @@ def waypoint_condition(policy: AuthorizationPolicy, waypoints: Mapping[WaypointR
                 results.append((False, "Invalid", f"GatewayClass {ref.name} is not handled by the mesh controller", text))
             else:
                 results.append((True, "Accepted", f"bound to every waypoint of class {WAYPOINT_CLASS}", text))
-        elif ref.kind == "Service":
-            s = services.get(f"{policy.namespace}/{ref.name}")
+        elif ref.kind in ("Service", "ServiceEntry"):
+            s = services.get(service_key(ref.kind, policy.namespace, ref.name))
             if s is None:
-                results.append((False, "TargetNotFound", f"Service {policy.namespace}/{ref.name} was not found", text))
+                results.append((False, "TargetNotFound", f"{ref.kind} {policy.namespace}/{ref.name} was not found", text))
             elif s.waypoint is None:
-                results.append((False, "AncestorNotBound", f"Service {policy.namespace}/{ref.name} is not bound to a waypoint", text))
+                results.append((False, "AncestorNotBound", f"{ref.kind} {policy.namespace}/{ref.name} is not bound to a waypoint", text))
             else:
                 results.append((True, "Accepted", f"bound to {s.waypoint}", text))
         else:

@@ -185,3 +185,33 @@ def entry_workload_fields(entry: WorkloadEntry) -> tuple[dict[str, str], str, tu
     labels.update(entry.spec.labels)
     ports = tuple(WorkloadPort(n, p) for n, p in sorted(entry.spec.ports.items(), key=lambda kv: kv[1]))
     return labels, entry.spec.service_account or "default", ports
+
+
+def service_entry_ports(entry) -> tuple[ServicePort, ...]:
+    """A ServiceEntry's ports: `protocol` plays appProtocol's part; targetPort defaults to the number."""
+    out = []
+    for p in entry.spec.ports:
+        protocol = port_protocol(p.name, (p.protocol or "").lower() or None, "TCP")
+        if protocol != "UDP":
+            out.append(ServicePort(p.name, p.number, p.target_port or p.number, protocol))
+    return tuple(out)
+
+
+def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: list[Workload]) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
+    """STATIC/DNS endpoints (plain TCP to the address) or the workloads its workloadSelector picks."""
+    out = []
+    selector = (entry.spec.workload_selector or {}).get("labels")
+    selected = [
+        w for w in workloads
+        if selector and w.namespace == entry.namespace and not w.is_waypoint and all(w.label_map.get(k) == v for k, v in selector.items())
+    ]
+    for port in ports:
+        eps = []
+        if entry.spec.resolution != "NONE":
+            for i, ep in enumerate(entry.spec.endpoints):
+                eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{i}", ep.address, ep.ports.get(port.name, int(port.target_port)), hbone=False))
+            for w in selected:
+                target = w.port_named(port.name) or int(port.target_port)
+                eps.append(Endpoint(w.key, w.address, target, hbone=w.captured and w.kind == "Pod"))
+        out.append((port.port, tuple(sorted(eps, key=lambda e: (e.address, e.port)))))
+    return tuple(out)

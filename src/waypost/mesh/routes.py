@@ -26,6 +26,7 @@ from waypost.api.httproute import HTTPRoute, ParentReference
 from . import grpc, http
 from .http import BackendResolver
 from .model import Condition, HTTPRouteEntry, ResourceStatus, Service, ServiceRoutes, WaypointRef
+from .model import service_key as key_of
 from .waypoints import USE_WAYPOINT
 
 ACCEPTED = "Accepted"
@@ -45,7 +46,7 @@ def parent_text(ref: ParentReference, route_ns: str) -> str:
 
 
 def _is_service_ref(ref: ParentReference) -> bool:
-    return ref.kind == "Service" and ref.group in ("", "core")
+    return (ref.kind == "Service" and ref.group in ("", "core")) or (ref.kind == "ServiceEntry" and ref.group == "networking.istio.io")
 
 
 def _ports_of_parent(ref: ParentReference, service: Service) -> list[int]:
@@ -117,15 +118,16 @@ def attach(
             if not _is_service_ref(ref):
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            service = services.get(f"{ns}/{ref.name}")
+            service = services.get(key_of(ref.kind, ns, ref.name))
             if service is None:
-                parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent service: "{ref.name}" not found'),)))
+                what = "service" if ref.kind == "Service" else "serviceentry"
+                parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent {what}: "{ref.name}" not found'),)))
                 continue
             ports = _ports_of_parent(ref, service)
             if not ports:
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching HTTP port"),)))
                 continue
-            labelled = USE_WAYPOINT in service_labels.get(service.key, {}) or USE_WAYPOINT in namespace_labels.get(ns, {})
+            labelled = service.waypoint is not None or USE_WAYPOINT in service_labels.get(service.key, {}) or USE_WAYPOINT in namespace_labels.get(ns, {})
             waypoints_condition = Condition(
                 RESOLVED_WAYPOINTS,
                 "True",

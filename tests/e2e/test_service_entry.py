@@ -1,0 +1,96 @@
+"""ServiceEntry bound to a waypoint (the egress pattern): routes and policies attach to it by parentRef/targetRef."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ADDRESS = f"127.253.{os.getpid() % 250 + 1}.1"
+
+
+class Echo(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+MESH = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: egress, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: waypoint, namespace: egress}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: client, namespace: egress}}
+spec:
+  selector: {{matchLabels: {{app: client}}}}
+  template: {{metadata: {{labels: {{app: client}}}}, spec: {{containers: [{{name: c, image: curl}}]}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext, namespace: egress, labels: {{istio.io/use-waypoint: waypoint}}}}
+spec:
+  hosts: [api.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8081}}]
+  resolution: STATIC
+  endpoints: [{{address: {ADDRESS}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ext, namespace: egress}}
+spec:
+  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: ext}}]
+  rules:
+  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-via, value: egress-waypoint}}]}}}}]
+    backendRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: ext, port: 80}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-blocked, namespace: egress}}
+spec:
+  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: ext}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: [/blocked]}}}}]}}]
+"""
+
+
+@pytest.fixture
+def external_server():
+    server = ThreadingHTTPServer((ADDRESS, 8081), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield
+    server.shutdown()
+
+
+def test_service_entry_through_its_waypoint(start_mesh, external_server):
+    mesh = start_mesh(MESH, name="se")
+    entry = next(s for s in mesh.state["services"] if s["kind"] == "ServiceEntry")
+    assert entry["hostname"] == "api.example.com" and entry["waypoint"] == "egress/waypoint"
+    bound = next(c for c in mesh.state["conditions"] if c["kind"] == "ServiceEntry")
+    assert bound["conditions"][0]["reason"] == "WaypointAccepted"
+    r = mesh.request("egress/client", "http://api.example.com/hello")
+    assert r.status == 200, r.body
+    seen = json.loads(r.body)
+    assert seen["path"] == "/hello" and seen["headers"]["x-via"] == "egress-waypoint"
+    assert mesh.request("egress/client", "http://api.example.com/blocked").status == 403
+    policy = next(c for c in mesh.state["conditions"] if c["kind"] == "AuthorizationPolicy")
+    assert policy["conditions"][0]["reason"] == "Accepted"
