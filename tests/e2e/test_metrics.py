@@ -167,3 +167,24 @@ def test_scrape_endpoints_cli_metrics_and_deny_reason_in_access_log(start_mesh):
             break
         time.sleep(0.3)
     assert denied and denied[0].endswith("# denied by AuthorizationPolicy app/deny, rule 0"), lines
+
+
+def test_grpc_calls_carry_protocol_and_grpc_status(start_mesh):
+    from waypost.local.client import send_grpc
+
+    from .test_grpcroute import MESH as GRPC_MESH
+
+    mesh = start_mesh(GRPC_MESH, name="grpc-metrics")
+    for _ in range(3):
+        assert send_grpc(mesh.state, "g/client", "echo:7070").grpc_status == 0
+    admin = proxy_admin(mesh, "waypoint")
+    deadline = time.monotonic() + 10
+    while True:
+        text = fetch(admin)
+        requests = [s for s in samples(text, "istio_requests_total") if s.labels["destination_service_name"] == "echo"]
+        if requests or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    (series,) = requests
+    assert series.value == 3
+    assert (series.labels["request_protocol"], series.labels["grpc_response_status"]) == ("grpc", "0")
