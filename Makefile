@@ -28,9 +28,20 @@ test: $(STAMP)
 golden: $(STAMP)
 	WAYPOST_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/golden
 
-# Benchmarks (not part of `make test`): prints tables and ratios measured side by side, writes bench/results/.
+# Benchmarks (not part of `make test`; ~15 min on 2 cores): the data-path ladder, control-plane scale and
+# convergence, each printing its tables (kept in bench/results/*.txt and *.json), then the targets and
+# bench/RESULTS.md. Installs wrk, h2load and nginx from Debian when missing (root).
+BENCH_SCENARIOS ?= ladder scale convergence
 bench: $(STAMP)
-	$(BIN)/python bench/data_path.py
+	@mkdir -p bench/results; start=$$(date +%s); failed=""; \
+	for s in $(BENCH_SCENARIOS); do \
+	  echo "== bench/$$s.py"; \
+	  { $(BIN)/python bench/$$s.py; echo $$? > bench/results/$$s.rc; } 2>&1 | tee bench/results/$$s.txt; \
+	  [ "$$(cat bench/results/$$s.rc)" = 0 ] || failed="$$failed $$s"; \
+	done; \
+	$(BIN)/python bench/report.py --started $$start; \
+	echo "make bench took $$(( $$(date +%s) - start )) s"; \
+	[ -z "$$failed" ] || { echo "failed:$$failed"; exit 1; }
 
 down: $(STAMP)
 	$(BIN)/waypost down
