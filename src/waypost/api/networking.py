@@ -63,19 +63,8 @@ class ServiceEntryPort(Model):
     target_port: int | None = Field(default=None, ge=1, le=65535)
 
 
-class ServiceEntryEndpoint(Model):
-    address: str = Field(min_length=1)
-    ports: dict[str, int] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
-    network: str | None = None
-    locality: str | None = None
-    weight: int | None = Field(default=None, ge=0)
-    service_account: str | None = None
-
-    @field_validator("address")
-    @classmethod
-    def _loopback(cls, value: str) -> str:
-        return WorkloadEntrySpec._loopback_address(value)
+# A ServiceEntry endpoint is a WorkloadEntry spec (istio/api: `repeated WorkloadEntry endpoints`).
+ServiceEntryEndpoint = WorkloadEntrySpec
 
 
 class ServiceEntrySpec(Model):

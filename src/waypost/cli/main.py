@@ -232,6 +232,20 @@ def request(
         typer.echo(render.response(response))
 
 
+def _mesh_documents(state_dir: Optional[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The mesh's state.json and the resources it runs (resources.json), or a clear error."""
+    state = _state(state_dir)
+    current = state.read_state()
+    if current is None:
+        _fail(f"no mesh in {state.root}")
+    assert current is not None
+    try:
+        docs = json.loads(state.resources_file.read_text())
+    except (OSError, ValueError):
+        docs = []
+    return current, docs
+
+
 @app.command()
 def get(
     kind: str = typer.Argument(..., help="Resource kind: service, gateway, httproute, grpcroute, pod, ..."),
@@ -244,15 +258,7 @@ def get(
     """Show resources of the running mesh with their computed status (like kubectl get)."""
     from . import get as getter
 
-    state = _state(state_dir)
-    current = state.read_state()
-    if current is None:
-        _fail(f"no mesh in {state.root}")
-    assert current is not None
-    try:
-        docs = json.loads(state.resources_file.read_text())
-    except (OSError, ValueError):
-        docs = []
+    current, docs = _mesh_documents(state_dir)
     try:
         resolved = getter.kind_of(kind)
         ns = None if all_namespaces else (namespace or "default")
@@ -336,15 +342,7 @@ def describe(
     from . import describe as describer
     from . import get as getter
 
-    state = _state(state_dir)
-    current = state.read_state()
-    if current is None:
-        _fail(f"no mesh in {state.root}")
-    assert current is not None
-    try:
-        docs = json.loads(state.resources_file.read_text())
-    except (OSError, ValueError):
-        docs = []
+    current, docs = _mesh_documents(state_dir)
     try:
         resolved = getter.kind_of(kind)
         doc = describer.find(docs, current, resolved, name, namespace or "default", getter.KINDS[resolved][1])
