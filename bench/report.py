@@ -13,10 +13,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from common import HERE, RESULTS, machine, print_targets, table
+from common import HERE, RESULTS, machine, print_targets
 
 NOTES = "<!-- notes: everything below is written by hand and kept when the file is regenerated -->"
 

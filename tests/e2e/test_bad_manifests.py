@@ -27,10 +27,10 @@ CASES = {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoot\nmetadata: {name: r, namespace: x}\n",
         ["bad.yaml:1:", "HTTPRoot x/r", "unknown kind"],
     ),
-    "jwks_uri_not_yet_fetched": (
+    "jwks_uri_not_http": (
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: x}\n"
-        "spec:\n  jwtRules:\n  - issuer: me\n    jwksUri: http://127.0.0.1:1/keys\n",
-        ["bad.yaml:6:", "RequestAuthentication x/jwt", "jwksUri is not supported yet"],
+        "spec:\n  jwtRules:\n  - issuer: me\n    jwksUri: ftp://127.0.0.1/keys\n",
+        ["bad.yaml:6:", "RequestAuthentication x/jwt", "must be an http:// or https:// URL"],
     ),
     "custom_authorization_not_yet_enforced": (
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: x}\n"

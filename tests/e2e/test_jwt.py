@@ -145,3 +145,63 @@ def test_token_in_two_places_with_one_invalid_is_rejected(mesh):
     good = ISS1.token(aud="svc-audience")
     bad = ISS1.token(aud="svc-audience", key=WRONG_KEY)
     assert outcome(mesh, "app/client", f"http://svc/?access_token={bad}", headers=bearer(good)) == "401"
+
+
+class JwksServer:
+    """Serves a JWKS document the test can change (key rotation) at http://ADDRESS:PORT/keys."""
+
+    def __init__(self, document: str) -> None:
+        import os
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.document = document
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = outer.document.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((f"127.251.{os.getpid() % 250 + 1}.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.uri = f"http://{self.server.server_address[0]}:{self.server.server_address[1]}/keys"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_jwks_uri_is_fetched_refreshed_and_fails_closed(tmp_path, monkeypatch):
+    from tests.conftest import RunningMesh, waypost
+
+    rotated = Issuer(ISS1.name, "k-new")
+    server = JwksServer(jwks(ISS1))
+    monkeypatch.setenv("WAYPOST_JWKS_REFRESH", "1")  # inherited by the supervisor `up` starts
+    ra = (
+        "\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: remote, namespace: app}\n"
+        f"spec:\n  {GATEWAY}\n  jwtRules:\n  - issuer: {ISS1.name}\n    jwksUri: {server.uri}\n"
+        "\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: unreachable, namespace: app}\n"
+        f"spec:\n  {GATEWAY}\n  jwtRules:\n  - issuer: {ISS2.name}\n    jwksUri: http://127.0.0.1:9/keys\n"
+    )
+    (tmp_path / "mesh.yaml").write_text(base() + ra)
+    state = tmp_path / "state"
+    try:
+        waypost("up", "-f", str(tmp_path / "mesh.yaml"), "--detach", "--state-dir", str(state), check=True)
+        mesh = RunningMesh(state)
+        assert outcome(mesh, "app/client", "http://svc/", headers=bearer(ISS1.token())) == "200"  # keys fetched
+        assert outcome(mesh, "app/client", "http://svc/", headers=bearer(ISS2.token())) == "401"  # fetch failed: closed
+        server.document = jwks(rotated)  # rotation: the old key is withdrawn
+        deadline = time.monotonic() + 15
+        while outcome(mesh, "app/client", "http://svc/", headers=bearer(ISS1.token())) != "401":
+            assert time.monotonic() < deadline, "the old key still works after refresh"
+            time.sleep(0.3)
+        assert outcome(mesh, "app/client", "http://svc/", headers=bearer(rotated.token())) == "200"
+    finally:
+        waypost("down", "--state-dir", str(state))
+        server.close()

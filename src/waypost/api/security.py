@@ -283,15 +283,23 @@ class JWTRule(Model):
     space_delimited_claims: list[str] = Field(default_factory=list)
     timeout: str | None = None
 
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9]+(\.[0-9]+)?(ms|s|m|h)", value):
+            raise ValueError(f"timeout {value!r} must be a duration such as 5s or 500ms")
+        return value
+
     @model_validator(mode="after")
     def _keys(self) -> "JWTRule":
         if self.jwks_uri and self.jwks:
             raise ValueError("only one of jwks or jwksUri may be set")
         if self.jwks_uri:
-            # Fetching JWKS from the control plane is not implemented yet: refuse rather than accept tokens unchecked.
-            raise ValueError("jwksUri is not supported yet; put the keys inline with `jwks`")
+            if not self.jwks_uri.startswith(("http://", "https://")):
+                raise ValueError(f"jwksUri {self.jwks_uri!r} must be an http:// or https:// URL")
+            return self  # fetched by the control plane (waypost.local.jwks)
         if not self.jwks:
-            raise ValueError("a jwtRule needs its keys: set `jwks`")
+            raise ValueError("a jwtRule needs its keys: set `jwks` or `jwksUri`")
         import json
 
         try:

@@ -20,7 +20,11 @@ PAYLOAD_KEY = "payload"
 T_JWT = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 
 
-def jwt_filters(policies: list[RequestAuthentication]) -> list[dict[str, Any]]:
+# Keys that verify nothing: a jwksUri whose keys could not be fetched fails closed (its tokens get 401).
+NO_KEYS = '{"keys":[{"kty":"oct","kid":"waypost-jwks-unavailable","k":"AA","alg":"HS256"}]}'
+
+
+def jwt_filters(policies: list[RequestAuthentication], documents: dict[str, str] | None = None) -> list[dict[str, Any]]:
     rules = sorted((r for p in policies for r in p.spec.jwt_rules), key=lambda r: r.issuer)
     if not rules:
         return []
@@ -32,7 +36,8 @@ def jwt_filters(policies: list[RequestAuthentication]) -> list[dict[str, Any]]:
         seen.add(rule.issuer)
         provider: dict[str, Any] = {
             "issuer": rule.issuer,
-            "local_jwks": {"inline_string": rule.jwks},
+            # jwksUri keys are fetched by the control plane and pushed inline (a fetch failure: no usable keys).
+            "local_jwks": {"inline_string": rule.jwks or (documents or {}).get(rule.jwks_uri or "", NO_KEYS)},
             "forward": rule.forward_original_token,
             "payload_in_metadata": PAYLOAD_KEY,
         }

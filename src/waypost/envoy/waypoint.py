@@ -164,7 +164,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
     policies = snapshot.authorization_policies
     for service in served_services(snapshot, waypoint):
         chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
-        chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace))
+        chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace), dict(snapshot.jwks_documents))
         for sp in service.ports:
             domains.append(f"{service.vip}:{sp.port}")
             http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
@@ -201,7 +201,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             )
 
     workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
-    workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace))
+    workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace), dict(snapshot.jwks_documents))
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:

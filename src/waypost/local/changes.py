@@ -190,20 +190,26 @@ class Changes:
         assert self._sup.running is not None
         return self._sup.running
 
-    def _change(self, base: Sequence[Resource], overlay: Overlay, source: str, dry_run: bool, started: float) -> Outcome:
+    def refresh_keys(self) -> Outcome:
+        """Re-translates the running resources because fetched JWKS changed (nothing the user wrote did)."""
+        with self._lock:
+            running = self._current()
+            return self._change(running.base, running.overlay, "jwks refresh", False, time.monotonic(), force=True)
+
+    def _change(self, base: Sequence[Resource], overlay: Overlay, source: str, dry_run: bool, started: float, force: bool = False) -> Outcome:
         sup = self._sup
         assert sup.fleet is not None
         running = self._current()
         resources = compose(base, overlay)
         outcome = Outcome(generation=running.generation)
-        if not changed_keys(running.resources, resources):
+        if not force and not changed_keys(running.resources, resources):
             # Nothing that runs changes (an unchanged apply, a comment edit): only the bookkeeping moves.
             if not dry_run and (overlay != running.overlay or list(base) != list(running.base)):
                 self._commit(Running(base, overlay, running.resources, running.snapshot, running.generation, running.history), overlay != running.overlay)
             outcome.timings_ms["total"] = _ms(started)
             return outcome
         try:
-            snapshot = build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot))
+            snapshot = sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot)))
             configs = translate(snapshot)
         except Exception as exc:  # noqa: BLE001 - e.g. AddressSpaceExhausted; the running config must stay
             log.exception("cannot build the changed configuration")

@@ -45,6 +45,7 @@ from .children import Child  # noqa: F401 - re-exported: where it lived before
 from .control import ControlServer
 from .documents import mesh_view, resource_documents
 from .fleet import ProxyFleet, secret_resources, xds_snapshot  # noqa: F401 - re-exported
+from .jwks import JwksCache
 from .manifests import compose, load_overlay, track
 from .metrics_server import PATH as METRICS_PATH
 from .metrics_server import STATS_PORT, MetricsEndpoints
@@ -91,6 +92,7 @@ class Supervisor:
         self.changes: Changes | None = None
         self._control: ControlServer | None = None
         self._metrics: MetricsEndpoints | None = None
+        self.jwks = JwksCache()
         self._watcher: ManifestWatcher | None = None
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
@@ -146,6 +148,8 @@ class Supervisor:
                     done.set_exception(exc)
             if self.fleet.poll_restart() | self.workloads.poll_restart():
                 self.write_state()
+            if self.jwks.refresh_due() and self.jwks.refresh():
+                self.changes.refresh_keys()  # a jwksUri's keys rotated: push the new ones
             if self._watcher is not None and time.monotonic() >= next_poll:
                 if self._watcher.changed():
                     self.changes.reload(self.paths)
@@ -179,7 +183,7 @@ class Supervisor:
         resources = compose(result.resources, overlay)
         plan, self._block_lock = acquire_block()
         try:
-            snapshot = build(resources, plan)
+            snapshot = self.jwks.attach(build(resources, plan))
         except ValueError as exc:  # e.g. AddressSpaceExhausted
             raise StartupError(str(exc)) from None
         ca = CertificateAuthority.generate()

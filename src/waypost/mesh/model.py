@@ -337,6 +337,7 @@ class MeshSnapshot:
     l4routes: tuple[L4Routes, ...] = field(default=())
     authorization_policies: tuple = field(default=())  # api AuthorizationPolicy values, sorted by namespace/name
     request_authentications: tuple = field(default=())  # api RequestAuthentication values, sorted
+    jwks_documents: tuple[tuple[str, str], ...] = field(default=())  # jwksUri -> fetched JWKS (by the local layer)
     root_namespace: str = "istio-system"
 
     def service(self, key: str) -> Service | None:
