@@ -25,6 +25,13 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 
+def header_name(value: str) -> str:
+    """RFC 7230 token, as the CRD pattern for header names requires."""
+    if not _HEADER_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
 def duration_ms(value: str) -> int:
     """GEP-2257 duration → milliseconds."""
     total = 0
@@ -69,17 +76,19 @@ class PathMatch(Model):
         return self
 
 
-class HeaderMatch(Model):
-    type: Literal["Exact", "RegularExpression"] = "Exact"
+class _NamedHeader(Model):
     name: str = Field(min_length=1, max_length=256)
-    value: str = Field(max_length=4096)
 
     @field_validator("name")
     @classmethod
     def _token(cls, value: str) -> str:
-        if not _HEADER_NAME.match(value):
-            raise ValueError(f"{value!r} is not a valid HTTP header name")
-        return value
+        return header_name(value)
+
+
+class HeaderMatch(_NamedHeader):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    value: str = Field(max_length=4096)
+
 
 
 class QueryParamMatch(Model):
@@ -95,16 +104,9 @@ class HTTPRouteMatch(Model):
     method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"] | None = None
 
 
-class HeaderValue(Model):
-    name: str = Field(min_length=1, max_length=256)
+class HeaderValue(_NamedHeader):
     value: str = Field(max_length=4096)
 
-    @field_validator("name")
-    @classmethod
-    def _token(cls, value: str) -> str:
-        if not _HEADER_NAME.match(value):
-            raise ValueError(f"{value!r} is not a valid HTTP header name")
-        return value
 
 
 class HeaderModifier(Model):

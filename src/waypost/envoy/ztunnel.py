@@ -75,7 +75,6 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     for w in clients:
         groups.setdefault((w.identity, tuple(sorted(telemetry.workload_labels(w).items()))), []).append(w.address)
     group_keys = sorted(groups)
-    workloads_by_key = {w.key: w for w in snapshot.workloads}
 
     clusters: dict[str, dict[str, Any]] = {}
     listeners: list[dict[str, Any]] = []

@@ -9,10 +9,11 @@ import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from waypost.mesh.addresses import STATS_PORT
+
 from .metrics import fetch, merge
 
 log = logging.getLogger("waypost.local")
-STATS_PORT = 15020
 PATH = "/stats/prometheus"
 
 

@@ -190,7 +190,6 @@ class Supervisor:
         ca.save(self.state.certs)
         self.xds = XdsServer(plan.control_plane, XDS_PORT)
         self.xds.start()
-        self.xds.add_listener(lambda status: None)
         self.fleet = ProxyFleet(self.state, self.xds, ca, plan.control_plane, self.concurrency)
         started = now()
         self.info = {"block": plan.block, "started": started}

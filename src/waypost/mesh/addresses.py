@@ -72,6 +72,11 @@ class AddressPlan:
         """The inside address of pod `index`; same offset as its pod IP in the app range."""
         return _indexed(self.block, APP_FIRST_OCTET3, POD_OCTET3_SPAN, index, "pods")
 
+    def inside_of(self, pod_ip: str) -> str:
+        """The inside address that pairs with a pod IP (the same offset in the app range)."""
+        _, _, third, fourth = (int(x) for x in pod_ip.split("."))
+        return self.app((third - POD_FIRST_OCTET3) * PER_24 + (fourth - 1))
+
     def vip(self, index: int) -> str:
         return _indexed(self.block, VIP_FIRST_OCTET3, VIP_OCTET3_SPAN, index, "services")
 

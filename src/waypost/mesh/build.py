@@ -95,7 +95,6 @@ def build(
     for ns, name, owner, labels, spec in pods:
         address = pod_addresses[f"{ns}/{name}"]
         captured = binding.is_enrolled(ns_labels(ns), labels)
-        index = _pod_index(plan, address)
         image, flavor = registry.pod_image_flavor(spec)
         workload_binding = resolve("Pod", ns, labels) if captured else binding.Binding(None, None)
         workloads.append(
@@ -107,7 +106,7 @@ def build(
                 labels=tuple(sorted(labels.items())),
                 service_account=registry.service_account_of(spec),
                 address=address,
-                app_address=plan.app(index) if captured else address,
+                app_address=plan.inside_of(address) if captured else address,
                 captured=captured,
                 node=DEFAULT_NODE,
                 ports=registry.pod_spec_ports(spec),
@@ -213,13 +212,6 @@ def build(
         request_authentications=tuple(sorted(of(RequestAuthentication), key=lambda p: (p.namespace, p.name))),
         root_namespace=authz.ROOT_NAMESPACE,
     )
-
-
-def _pod_index(plan: AddressPlan, address: str) -> int:
-    _, _, third, fourth = (int(x) for x in address.split("."))
-    from .addresses import PER_24, POD_FIRST_OCTET3
-
-    return (third - POD_FIRST_OCTET3) * PER_24 + (fourth - 1)
 
 
 def _gateway_status(gateway: Gateway, waypoint: Waypoint) -> ResourceStatus:

@@ -20,8 +20,6 @@ from .model import Condition, ResourceStatus, Service, Waypoint, WaypointRef, Wo
 from .waypoints import WAYPOINT_CLASS
 
 ROOT_NAMESPACE = "istio-system"
-HTTP_ONLY_SOURCE = ("request_principals", "not_request_principals")
-HTTP_ONLY_OPERATION = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
 
 
 def targets_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, root_namespace: str) -> bool:
