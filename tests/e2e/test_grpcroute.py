@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.manifests import ambient_with_waypoint
+
 pytestmark = pytest.mark.e2e
 
-MESH = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: g, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: g}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: g}
-spec:
-  selector: {matchLabels: {app: client}}
-  template: {metadata: {labels: {app: client}}, spec: {containers: [{name: c, image: curl}]}}
-"""
+MESH = ambient_with_waypoint("g")
 for version in ("v1", "v2"):
     MESH += f"""
 ---

@@ -7,38 +7,11 @@ import uuid
 
 import pytest
 
+from tests.manifests import ambient_namespace, ambient_with_waypoint, client
+
 pytestmark = pytest.mark.e2e
 
-BASE = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: r, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: c, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: r}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: r}
-spec:
-  selector: {matchLabels: {app: client}}
-  template: {metadata: {labels: {app: client}}, spec: {containers: [{name: c, image: curl}]}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: c}
-spec:
-  selector: {matchLabels: {app: client}}
-  template: {metadata: {labels: {app: client}}, spec: {containers: [{name: c, image: curl}]}}
-"""
+BASE = ambient_with_waypoint("r") + ambient_namespace("c") + client("c")
 
 for version in ("v1", "v2"):
     BASE += f"""

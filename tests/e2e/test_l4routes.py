@@ -14,6 +14,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.manifests import ambient_with_waypoint
+
 pytestmark = pytest.mark.e2e
 
 BLOCK = f"127.252.{os.getpid() % 250 + 1}"
@@ -72,25 +74,7 @@ class NameServer:
         self.sock.close()
 
 
-MESH = f"""
-apiVersion: v1
-kind: Namespace
-metadata: {{name: l4, labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: l4}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: client, namespace: l4}}
-spec:
-  selector: {{matchLabels: {{app: client}}}}
-  template: {{metadata: {{labels: {{app: client}}}}, spec: {{containers: [{{name: c, image: curl}}]}}}}
-"""
+MESH = ambient_with_waypoint("l4")
 for i, name in enumerate(("tls-a", "tls-b", "tcp-a", "tcp-b"), start=1):
     port = 9443 if name.startswith("tls") else 9000
     MESH += f"""

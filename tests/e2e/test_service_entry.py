@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.manifests import ambient_with_waypoint
+
 pytestmark = pytest.mark.e2e
 
 ADDRESS = f"127.253.{os.getpid() % 250 + 1}.1"
@@ -26,24 +28,7 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
-MESH = f"""
-apiVersion: v1
-kind: Namespace
-metadata: {{name: egress, labels: {{istio.io/dataplane-mode: ambient}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: waypoint, namespace: egress}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: client, namespace: egress}}
-spec:
-  selector: {{matchLabels: {{app: client}}}}
-  template: {{metadata: {{labels: {{app: client}}}}, spec: {{containers: [{{name: c, image: curl}}]}}}}
+MESH = ambient_with_waypoint("egress", namespace_uses_waypoint=False) + f"""
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry

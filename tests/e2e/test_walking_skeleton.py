@@ -9,33 +9,18 @@ import pytest
 
 from tests.conftest import REPO
 
+from tests.manifests import ambient_namespace, client, waypoint
+
 pytestmark = pytest.mark.e2e
 
 QUICKSTART = REPO / "examples" / "quickstart"
 
 # One ambient namespace with a waypoint; Services with, without, and with a bogus waypoint.
-MESH = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: shop}
-spec:
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      serviceAccountName: client
-      containers: [{name: c, image: curlimages/curl}]
+MESH = (
+    ambient_namespace("shop")
+    + waypoint("shop")
+    + client("shop", image="curlimages/curl", service_account="client")
+    + """
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -72,6 +57,7 @@ spec:
   selector: {app: echo}
   ports: [{name: http, port: 80, targetPort: 8080}]
 """
+)
 
 
 def echo_body(response) -> dict:

@@ -7,19 +7,11 @@ import json
 import pytest
 import yaml
 
+from tests.manifests import ambient_namespace, client
+
 pytestmark = pytest.mark.e2e
 
-MESH = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: shop}
-spec:
-  selector: {matchLabels: {app: client}}
-  template: {metadata: {labels: {app: client}}, spec: {containers: [{name: c, image: curl}]}}
+MESH = ambient_namespace("shop") + client("shop") + """
 ---
 apiVersion: apps/v1
 kind: Deployment

@@ -1,0 +1,31 @@
+"""Manifest builders for the e2e tests: the ambient namespace, waypoint and client most tests start from."""
+
+from __future__ import annotations
+
+
+def ambient_namespace(name: str, use_waypoint: str | None = None) -> str:
+    labels = "istio.io/dataplane-mode: ambient" + (f", istio.io/use-waypoint: {use_waypoint}" if use_waypoint else "")
+    return f"\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
+
+
+def waypoint(namespace: str, name: str = "waypoint", labels: str = "") -> str:
+    extra = f", labels: {{{labels}}}" if labels else ""
+    return (
+        f"\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {namespace}{extra}}}\n"
+        "spec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n"
+    )
+
+
+def client(namespace: str, name: str = "client", *, image: str = "curl", service_account: str | None = None) -> str:
+    """A client-only workload (not an echo image): an address and an identity, no server."""
+    sa = f"serviceAccountName: {service_account}, " if service_account else ""
+    return (
+        f"\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec:\n  selector: {{matchLabels: {{app: {name}}}}}\n"
+        f"  template: {{metadata: {{labels: {{app: {name}}}}}, spec: {{{sa}containers: [{{name: c, image: {image}}}]}}}}\n"
+    )
+
+
+def ambient_with_waypoint(namespace: str, *, namespace_uses_waypoint: bool = True) -> str:
+    """An ambient namespace with a waypoint named `waypoint` (used by the whole namespace, by default) and a client."""
+    return ambient_namespace(namespace, "waypoint" if namespace_uses_waypoint else None) + waypoint(namespace) + client(namespace)
