@@ -224,7 +224,8 @@ def test_editing_the_watched_manifests_takes_effect_and_a_broken_edit_is_refused
 
     watched.write_text(watched.read_text().replace("value: /v2}", "value: /other}"))
     assert wait_for(lambda: pod_of(mesh, "http://echo/other").startswith("echo-v2-"), 5)
-    assert mesh.state["config_generation"] == 2
+    # Envoy serves the new route as soon as it ACKs; state.json is written just after: wait for it too.
+    assert wait_for(lambda: mesh.state["config_generation"] == 2, 5)
 
     good = watched.read_text()
     watched.write_text(good + "---\n" + BAD_ROUTE)
