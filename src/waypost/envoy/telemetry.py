@@ -245,3 +245,8 @@ def text_access_log() -> list[dict[str, Any]]:
             },
         }
     ]
+
+
+def http_filters() -> list[dict[str, Any]]:
+    """HTTP filters the waypoint's telemetry needs, placed just before the router (Istio's stats position)."""
+    return []

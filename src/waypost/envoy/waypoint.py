@@ -78,6 +78,7 @@ def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], a
             "http_filters": authz + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+                *telemetry.http_filters(),
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
             ],
         },
