@@ -56,19 +56,15 @@ class RunningMesh:
         return waypost(*args, "--state-dir", str(self.state_dir), check=check)
 
 
-@pytest.fixture
-def start_mesh(tmp_path: Path) -> Iterator:
-    """start_mesh(path_or_yaml_text...) → RunningMesh; every mesh is stopped at teardown."""
-    started: list[RunningMesh] = []
-
+def _mesh_starter(directory: Path, started: list[RunningMesh]):
     def start(*sources: str | Path, name: str = "mesh") -> RunningMesh:
-        state_dir = tmp_path / f"{name}-state"
+        state_dir = directory / f"{name}-state"
         args: list[str] = []
         for i, source in enumerate(sources):
             if isinstance(source, Path):
                 args += ["-f", str(source)]
             else:
-                file = tmp_path / f"{name}-{i}.yaml"
+                file = directory / f"{name}-{i}.yaml"
                 file.write_text(source)
                 args += ["-f", str(file)]
         mesh = RunningMesh(state_dir)
@@ -76,6 +72,22 @@ def start_mesh(tmp_path: Path) -> Iterator:
         waypost("up", *args, "--detach", "--state-dir", str(state_dir), check=True)
         return mesh
 
-    yield start
+    return start
+
+
+@pytest.fixture
+def start_mesh(tmp_path: Path) -> Iterator:
+    """start_mesh(path_or_yaml_text...) → RunningMesh; every mesh is stopped at teardown."""
+    started: list[RunningMesh] = []
+    yield _mesh_starter(tmp_path, started)
+    for mesh in started:
+        waypost("down", "--state-dir", str(mesh.state_dir))
+
+
+@pytest.fixture(scope="module")
+def start_mesh_module(tmp_path_factory) -> Iterator:
+    """start_mesh for a mesh that every test of a module shares (stopped after the module)."""
+    started: list[RunningMesh] = []
+    yield _mesh_starter(tmp_path_factory.mktemp("mesh"), started)
     for mesh in started:
         waypost("down", "--state-dir", str(mesh.state_dir))

@@ -20,6 +20,8 @@ EXPECTED_CODES = {
     "route_without_waypoint": "WPT0004",
     "waypoint_for_mismatch": "WPT0005",
     "waypoint_bypass": "WPT0006",
+    "custom_provider_unusable": "WPT0007",
+    "custom_at_ztunnel": "WPT0008",
 }
 
 

@@ -1,4 +1,4 @@
-"""Kubernetes core and apps kinds: Namespace, ServiceAccount, Service, Pod, Deployment.
+"""Kubernetes core and apps kinds: Namespace, ServiceAccount, Service, ConfigMap, Pod, Deployment.
 
 Only the fields a mesh needs are modelled; container specs accept everything else a real manifest carries
 (resources, probes, volumes...) so users can apply their manifests unchanged.
@@ -67,6 +67,15 @@ class ServiceSpec(LooseModel):
 class Service(Resource):
     KIND: ClassVar[str] = "Service"
     spec: ServiceSpec = Field(default_factory=ServiceSpec)
+
+
+class ConfigMap(Resource):
+    """Only one ConfigMap means something to the mesh: `istio` in `istio-system` (MeshConfig, see meshconfig)."""
+
+    KIND: ClassVar[str] = "ConfigMap"
+    data: dict[str, str] = Field(default_factory=dict)
+    binary_data: dict[str, str] = Field(default_factory=dict)
+    immutable: bool | None = None
 
 
 class ContainerPort(LooseModel):

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, gateway, grpcroute, httproute, l4routes, networking, security
+from . import core, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -25,6 +25,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         core.Namespace,
         core.ServiceAccount,
         core.Service,
+        core.ConfigMap,
         core.Pod,
         core.Deployment,
         gateway.GatewayClass,
@@ -60,7 +61,7 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 # API groups whose kinds waypost knows; anything else (another product's CRDs) is skipped with a warning.
-# Core and apps kinds we do not model (ConfigMap, Secret, StatefulSet...) are skipped with a warning instead.
+# Core and apps kinds we do not model (Secret, StatefulSet...) are skipped with a warning instead.
 KNOWN_GROUPS = frozenset({g for g, _ in KINDS} | {g for g, _ in NOT_SUPPORTED_YET}) - {"", "apps"}
 
 
@@ -217,8 +218,32 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
                 )
             )
         return result
+    if isinstance(resource, core.ConfigMap):
+        problems = _mesh_config_problems(resource, lines)
+        if problems:
+            result.diagnostics.extend(error(filename, at, message, field=path, **where) for path, at, message in problems)
+            return result
     result.resources.append(resource)
     return result
+
+
+def _mesh_config_problems(config_map: core.ConfigMap, lines: dict[tuple[Any, ...], int]) -> list[tuple[str, int, str]]:
+    """The mesh ConfigMap is validated as istiod validates its MeshConfig: refused whole when invalid."""
+    if (config_map.namespace, config_map.name) != (meshconfig.MESH_CONFIGMAP_NAMESPACE, meshconfig.MESH_CONFIGMAP_NAME):
+        return []
+    text = config_map.data.get(meshconfig.MESH_CONFIGMAP_KEY)
+    if text is None:
+        return []
+    key_line = lines.get(("data", meshconfig.MESH_CONFIGMAP_KEY), config_map.source.line)
+    try:
+        meshconfig.parse_mesh_config(text)
+    except meshconfig.MeshConfigError as exc:
+        # A block scalar (`mesh: |`) starts on the line after its key: inner line n is key_line + n.
+        return [
+            (f"data.mesh.{path}" if path else "data.mesh", key_line + inner if inner and "\n" in text else key_line, message)
+            for path, inner, message in exc.problems
+        ]
+    return []
 
 
 class _DocumentError(Exception):

@@ -235,21 +235,46 @@ class AuthorizationPolicySpec(TargetedSpec):
     provider: Provider | None = None
     rules: list[Rule] | None = None
 
-    @field_validator("action")
-    @classmethod
-    def _custom_not_yet(cls, value: str) -> str:
-        if value == "CUSTOM":
-            # External authorization is not implemented yet: refusing the policy is the fail-closed choice.
-            raise ValueError("action CUSTOM (external authorization) is not supported yet; waypost refuses it rather than not enforcing it")
-        return value
-
     @model_validator(mode="after")
     def _istio_validation(self) -> "AuthorizationPolicySpec":
+        # ValidateAuthorizationPolicy (istio pkg/config/validation/validation.go), message for message.
+        # An empty `rules: []` is nil in the proto, like an absent one.
+        if self.action == "CUSTOM":
+            if not self.rules:
+                raise ValueError(
+                    "CUSTOM action without `rules` is meaningless as it will never be triggered, "
+                    "add an empty rule `{}` if you want it be triggered for every request"
+                )
+            if self.provider is None or not self.provider.name:
+                raise ValueError("`provider.name` must not be empty")
+            for rule in self.rules:
+                for entry in rule.from_ or []:
+                    for field, label in CUSTOM_UNSUPPORTED_SOURCE.items():
+                        if getattr(entry.source, field):
+                            raise ValueError(f"{label} is currently not supported with CUSTOM action")
+                for condition in rule.when:
+                    if condition.key in CUSTOM_UNSUPPORTED_WHEN or condition.key.startswith("request.auth."):
+                        raise ValueError(f"{condition.key} is currently not supported with CUSTOM action")
+        elif self.provider is not None:
+            raise ValueError(f"`provider` must not be with non CUSTOM action, found {self.action}")
         if self.action == "DENY" and not self.rules:
-            raise ValueError("a DENY policy without rules is meaningless")
-        if self.provider is not None:
-            raise ValueError("provider must only be set with action CUSTOM")
+            raise ValueError(
+                "DENY action without `rules` is meaningless as it will never be triggered, "
+                "add an empty rule `{}` if you want it be triggered for every request"
+            )
         return self
+
+
+# Source fields and `when` keys a CUSTOM rule may not use: the external authorizer sees the request, and
+# Istio only supports matching on the request itself (istio validation.go, "not supported with CUSTOM").
+CUSTOM_UNSUPPORTED_SOURCE = {
+    "namespaces": "From.Namespaces", "not_namespaces": "From.NotNamespaces",
+    "service_accounts": "From.ServiceAccounts", "not_service_accounts": "From.NotServiceAccounts",
+    "trust_domains": "From.TrustDomains", "not_trust_domains": "From.NotTrustDomains",
+    "principals": "From.Principals", "not_principals": "From.NotPrincipals",
+    "request_principals": "From.RequestPrincipals", "not_request_principals": "From.NotRequestPrincipals",
+}
+CUSTOM_UNSUPPORTED_WHEN = {"source.namespace", "source.serviceAccount", "source.trustDomain", "source.principal"}
 
 
 class AuthorizationPolicy(Resource):

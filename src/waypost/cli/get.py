@@ -15,6 +15,7 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "Namespace": (("namespace", "namespaces", "ns"), False),
     "ServiceAccount": (("serviceaccount", "serviceaccounts", "sa"), True),
     "Service": (("service", "services", "svc"), True),
+    "ConfigMap": (("configmap", "configmaps", "cm"), True),
     "Deployment": (("deployment", "deployments", "deploy"), True),
     "Pod": (("pod", "pods", "po"), True),
     "GatewayClass": (("gatewayclass", "gatewayclasses", "gc"), False),
@@ -129,6 +130,8 @@ def _row(kind: str, d: dict[str, Any], now: datetime, state: dict[str, Any], wid
         return [meta["name"], age, spec.get("address")]
     if kind == "ServiceAccount":
         return [meta["name"], 0, age]
+    if kind == "ConfigMap":
+        return [meta["name"], len(d.get("data") or {}) + len(d.get("binaryData") or {}), age]
     if kind == "AuthorizationPolicy":
         return [meta["name"], spec.get("action", "ALLOW"), age]
     if kind == "ServiceEntry":
@@ -148,6 +151,7 @@ HEADERS = {
     "Namespace": ["NAME", "STATUS", "AGE"],
     "WorkloadEntry": ["NAME", "AGE", "ADDRESS"],
     "ServiceAccount": ["NAME", "SECRETS", "AGE"],
+    "ConfigMap": ["NAME", "DATA", "AGE"],
     "AuthorizationPolicy": ["NAME", "ACTION", "AGE"],
     "ServiceEntry": ["NAME", "HOSTS", "LOCATION", "RESOLUTION", "AGE"],
 }

@@ -19,7 +19,7 @@ from waypost.mesh.registry import port_protocol
 from waypost.mesh import policies as authz
 
 from . import common as c
-from . import jwt, rbac, routing, telemetry
+from . import extauthz, jwt, rbac, routing, telemetry
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
@@ -162,10 +162,22 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
         clusters.setdefault(cluster["name"], cluster)
         return cluster["name"]
 
+    def add_authz_clusters(chain_policies: list) -> None:
+        """The clusters of the external authorizers the chain's CUSTOM policies call."""
+        for provider in extauthz.providers_used(chain_policies, snapshot):
+            target = snapshot.service(provider.service) if provider.service else None
+            assert target is not None  # a usable provider has a resolved service
+            name, h2 = extauthz.cluster(provider, snapshot)
+            add_cluster(endpoint_cluster(name, target.endpoints_for(provider.port), "h2" if h2 else "auto", snapshot))
+
     policies = snapshot.authorization_policies
     for service in served_services(snapshot, waypoint):
         chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
         chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace), dict(snapshot.jwks_documents))
+        # Istio's waypoint filter order (§5.1): CUSTOM, then jwt_authn, then RBAC AUDIT/DENY/ALLOW.
+        http_authz = extauthz.http_filters(chain_policies, snapshot) + chain_authn + rbac.http_filters(chain_policies)
+        tcp_authz = extauthz.network_filters(chain_policies, snapshot) + rbac.network_filters(chain_policies)
+        add_authz_clusters(chain_policies)
         for sp in service.ports:
             domains.append(f"{service.vip}:{sp.port}")
             http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
@@ -187,7 +199,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
             if l4 is not None:
                 if l4.kind == "TLSRoute":
                     tls_ports.add(sp.port)
-                chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster, rbac.network_filters(chain_policies)))
+                chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster, tcp_authz))
                 continue
             if sp.protocol == "UNKNOWN":
                 sniff_ports.add(sp.port)
@@ -196,13 +208,17 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, chain_authn + rbac.http_filters(chain_policies), telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp))),
-                    rbac.network_filters(chain_policies) + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service))],
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp))),
+                    tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service))],
                 )
             )
 
     workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
     workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace), dict(snapshot.jwks_documents))
+    workload_http_authz = extauthz.http_filters(workload_policies, snapshot) + workload_authn + rbac.http_filters(workload_policies)
+    workload_tcp_authz = extauthz.network_filters(workload_policies, snapshot) + rbac.network_filters(workload_policies)
+    if served_workloads(snapshot, waypoint):
+        add_authz_clusters(workload_policies)
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:
@@ -217,8 +233,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{workload.address}:{wp.port}",
                     {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
                     protocol,
-                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_authn + rbac.http_filters(workload_policies), telemetry.http_access_log("waypoint", None, "http")),
-                    rbac.network_filters(workload_policies) + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None))],
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_http_authz, telemetry.http_access_log("waypoint", None, "http")),
+                    workload_tcp_authz + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None))],
                 )
             )
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from waypost.api import load_paths
+from waypost.api.meshconfig import MeshConfig, load_mesh_config_file
 from waypost.ca import CertificateAuthority
 from waypost.envoy import translate
 from waypost.mesh import build
@@ -77,9 +78,11 @@ class Supervisor:
         concurrency: int = 1,
         on_ready: Callable[[dict[str, Any]], None] | None = None,
         watch: bool = True,
+        mesh_config: MeshConfig | None = None,
     ) -> None:
         self.state = state
         self.paths = list(paths)
+        self.mesh_config = mesh_config  # from `up --mesh-config`; the istio ConfigMap overlays it
         self.concurrency = concurrency
         self.on_ready = on_ready
         self.watch = watch
@@ -183,7 +186,7 @@ class Supervisor:
         resources = compose(result.resources, overlay)
         plan, self._block_lock = acquire_block()
         try:
-            snapshot = self.jwks.attach(build(resources, plan))
+            snapshot = self.jwks.attach(build(resources, plan, mesh_config=self.mesh_config))
         except ValueError as exc:  # e.g. AddressSpaceExhausted
             raise StartupError(str(exc)) from None
         ca = CertificateAuthority.generate()
@@ -266,9 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--no-watch", action="store_true", help="do not reload the manifests when they change")
+    parser.add_argument("--mesh-config", help="MeshConfig YAML file (the istio ConfigMap in istio-system overlays it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    supervisor = Supervisor(StateDir(Path(args.state_dir)), args.filename, concurrency=args.concurrency, watch=not args.no_watch)
+    mesh_config = None
+    if args.mesh_config:
+        mesh_config, problems = load_mesh_config_file(args.mesh_config)
+        if problems:
+            for d in problems:
+                print(d.render(), file=sys.stderr)
+            return 2
+    supervisor = Supervisor(StateDir(Path(args.state_dir)), args.filename, concurrency=args.concurrency, watch=not args.no_watch, mesh_config=mesh_config)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     return supervisor.run()

@@ -13,6 +13,8 @@ validation error), `WPT` codes for the ambient traps Istio's analyzers do not re
 | WPT0004 | Warning | a route attaches to a Service without a waypoint: ambient clients ignore it |
 | WPT0005 | Warning | a waypoint binding does not take effect (not ready, not allowed, wrong traffic type) |
 | WPT0006 | Warning | pods behind a waypoint-enforced policy are reachable by clients outside the mesh, bypassing it |
+| WPT0007 | Error   | a CUSTOM policy's provider is unusable (undeclared, unresolvable, or several on one chain): its rules deny |
+| WPT0008 | Warning | a CUSTOM or AUDIT policy attached by selector/namespace: ztunnel does not support it, nothing enforces it |
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from waypost.api.diagnostics import Diagnostic
 from waypost.api.meta import Resource
 
 from .model import MeshSnapshot
-from .policies import for_ztunnel, ztunnel_condition
+from .policies import for_waypoint_chain, for_ztunnel, ztunnel_condition
 
 LEVELS = ("Info", "Warning", "Error")
 
@@ -89,6 +91,8 @@ def analyze(resources: list[Resource], snapshot: MeshSnapshot) -> list[Finding]:
                     out.append(_finding("Error", "IST0101", r, f"{c.message}: the policy is enforced nowhere"))
                 else:
                     out.append(_finding("Warning", "WPT0003", r, f"{c.message}: the policy is enforced nowhere; bind the target to a waypoint (istio.io/use-waypoint)"))
+            elif c.type == "ZtunnelAccepted" and c.status == "False" and c.reason == "UnsupportedValue":
+                out.append(_finding("Warning", "WPT0008", r, f"{c.message}: the policy is enforced nowhere; attach it to a waypoint with targetRefs"))
             elif c.type == "ZtunnelAccepted" and c.reason == "UnsupportedValue" and c.status == "True":
                 if "ALLOW" in c.message:
                     out.append(_finding("Error", "WPT0001", r, c.message + " Traffic these rules were meant to admit is denied."))
@@ -105,6 +109,29 @@ def analyze(resources: list[Resource], snapshot: MeshSnapshot) -> list[Finding]:
                 key = f"{ref.namespace or r.namespace}/{ref.name}"
                 if ref.kind == "Service" and ref.group in ("", "core") and key not in services:
                     out.append(_finding("Error", "IST0101", r, f"Referenced backend not found: Service {key}"))
+
+    # WPT0007: CUSTOM policies whose external authorizer cannot be called deny what their rules match.
+    for policy in snapshot.authorization_policies:
+        if policy.spec.action != "CUSTOM" or not policy.spec.targets or policy.spec.provider is None:
+            continue
+        r = by_key.get(("AuthorizationPolicy", policy.namespace, policy.name))
+        provider = snapshot.authz_provider(policy.spec.provider.name)
+        if r is not None and provider.error:
+            hint = (
+                "declare it in MeshConfig extensionProviders (ConfigMap istio-system/istio)" if provider.config is None
+                else "make its service a Service or ServiceEntry host of the mesh"
+            )
+            out.append(_finding("Error", "WPT0007", r, f"{provider.error}; requests its rules match are denied: {hint}"))
+    for waypoint in snapshot.waypoints:
+        for service in [s for s in snapshot.services if s.waypoint == waypoint.ref] + [None]:
+            chain = [p for p in for_waypoint_chain(snapshot.authorization_policies, waypoint, service, snapshot.root_namespace) if p.spec.action == "CUSTOM" and p.spec.provider]
+            names = sorted({p.spec.provider.name for p in chain})
+            if len(names) > 1:
+                where = service.key if service is not None else f"workloads of waypoint {waypoint.ref}"
+                for p in chain:
+                    r = by_key.get(("AuthorizationPolicy", p.namespace, p.name))
+                    if r is not None:
+                        out.append(_finding("Error", "WPT0007", r, f"{where} has CUSTOM policies of several providers {names}; only one is supported per workload, so requests their rules match are denied"))
 
     # WPT0006: a waypoint-enforced policy can be bypassed by clients outside the mesh.
     uncaptured = sorted({w.namespace for w in snapshot.workloads if not w.captured})

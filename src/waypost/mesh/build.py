@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from waypost.api.core import Deployment, Namespace, Pod, Service as ServiceResource
+from waypost.api.core import ConfigMap, Deployment, Namespace, Pod, Service as ServiceResource
 from waypost.api.gateway import Gateway, GatewayClass
 from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute
 from waypost.api.l4routes import TCPRoute, TLSRoute
+from waypost.api.meshconfig import MESH_CONFIGMAP_KEY, MESH_CONFIGMAP_NAME, MESH_CONFIGMAP_NAMESPACE, MeshConfig, parse_mesh_config
 from waypost.api.meta import Resource
 from waypost.api.networking import ServiceEntry, WorkloadEntry
 from waypost.api.security import AuthorizationPolicy, RequestAuthentication
 
 from . import l4routes, policies as authz, registry, routes as route_attachment, waypoints as binding
 from .addresses import AddressPlan
-from .model import Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
+from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
 
 DEFAULT_NODE = "node-0"
 
@@ -50,11 +51,56 @@ def address_assignments(snapshot: MeshSnapshot) -> dict[str, str]:
     return out
 
 
+def mesh_config_of(resources: Sequence[Resource], base: MeshConfig | None = None) -> MeshConfig:
+    """The MeshConfig in effect: `base` (from `up --mesh-config`) overlaid with the `istio` ConfigMap's.
+
+    The loader has validated the ConfigMap's MeshConfig (an invalid one never gets here)."""
+    mesh = base or MeshConfig()
+    for r in resources:
+        if isinstance(r, ConfigMap) and (r.namespace, r.name) == (MESH_CONFIGMAP_NAMESPACE, MESH_CONFIGMAP_NAME):
+            text = r.data.get(MESH_CONFIGMAP_KEY)
+            if text is not None:
+                mesh = mesh.overlay(parse_mesh_config(text))
+    return mesh
+
+
+def resolve_authz_providers(mesh: MeshConfig, services: Sequence[Service]) -> tuple[AuthzProvider, ...]:
+    """Each ext_authz provider's `service` looked up as istiod's LookupCluster does (pilot/pkg/model/telemetry_logging.go).
+
+    `[<Namespace>/]<Hostname>`: a bare hostname must name exactly one namespace's service."""
+    out = []
+    for provider in mesh.extension_providers:
+        config = provider.ext_authz
+        if config is None:
+            continue
+        grpc = provider.envoy_ext_authz_grpc is not None
+        namespace, _, host = config.service.rpartition("/")
+        found = [s for s in services if s.fqdn == host and (not namespace or s.namespace == namespace)]
+        error = None
+        if not found:
+            error = f"could not find service {config.service} in the service registry"
+        elif len(found) > 1:
+            namespaces = sorted(s.namespace for s in found)
+            error = f"found {host} in multiple namespaces {namespaces}, specify the namespace explicitly in the format of <Namespace>/<Hostname>"
+        service = found[0] if len(found) == 1 else None
+        out.append(
+            AuthzProvider(
+                name=provider.name, grpc=grpc, config=config, hostname=host, port=config.port,
+                service=service.key if service is not None and error is None else None,
+                error=f"failed to parse extension provider {provider.name!r}: {error}" if error else None,
+            )
+        )
+    return tuple(out)
+
+
 def build(
-    resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None
+    resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None,
+    mesh_config: MeshConfig | None = None,
 ) -> MeshSnapshot:
     previous = previous or {}
     of = lambda cls: [r for r in resources if isinstance(r, cls)]  # noqa: E731
+    mesh = mesh_config_of(resources, mesh_config)
+    root_namespace = mesh.effective_root_namespace
     namespace_labels: dict[str, dict[str, str]] = {ns.name: dict(ns.labels) for ns in of(Namespace)}
     ns_labels = lambda ns: namespace_labels.get(ns, {})  # noqa: E731
     statuses: list[ResourceStatus] = []
@@ -198,7 +244,7 @@ def build(
     )
     statuses.extend(l4_statuses)
     policies = sorted(of(AuthorizationPolicy), key=lambda p: (p.namespace, p.name))
-    statuses.extend(authz.statuses(policies, waypoints, services, authz.ROOT_NAMESPACE))
+    statuses.extend(authz.statuses(policies, waypoints, services, root_namespace))
     return MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
@@ -210,7 +256,9 @@ def build(
         l4routes=l4,
         authorization_policies=tuple(policies),
         request_authentications=tuple(sorted(of(RequestAuthentication), key=lambda p: (p.namespace, p.name))),
-        root_namespace=authz.ROOT_NAMESPACE,
+        root_namespace=root_namespace,
+        authz_providers=resolve_authz_providers(mesh, tuple(services.values())),
+        mesh_config=mesh,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .addresses import AddressPlan
 
@@ -324,6 +324,21 @@ class ResourceStatus:
 
 
 @dataclass(frozen=True)
+class AuthzProvider:
+    """A MeshConfig `envoyExtAuthzHttp`/`envoyExtAuthzGrpc` provider, its `service` resolved in the registry.
+
+    `error` says why CUSTOM policies naming it cannot call it (their matching requests are then denied)."""
+
+    name: str
+    grpc: bool
+    config: Any  # waypost.api.meshconfig.ExtAuthzHttp | ExtAuthzGrpc
+    hostname: str = ""  # the resolved service's host (its FQDN)
+    port: int = 0
+    service: str | None = None  # the resolved Service/ServiceEntry key
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class MeshSnapshot:
     """Everything a translation needs for one config version; built by `mesh.build`."""
 
@@ -339,6 +354,16 @@ class MeshSnapshot:
     request_authentications: tuple = field(default=())  # api RequestAuthentication values, sorted
     jwks_documents: tuple[tuple[str, str], ...] = field(default=())  # jwksUri -> fetched JWKS (by the local layer)
     root_namespace: str = "istio-system"
+    authz_providers: tuple[AuthzProvider, ...] = field(default=())
+    mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
+
+    def authz_provider(self, name: str) -> AuthzProvider:
+        """The provider a CUSTOM policy names; one with `error` set when it is not usable (Istio getExtAuthz)."""
+        for p in self.authz_providers:
+            if p.name == name:
+                return p
+        available = sorted(p.name for p in self.authz_providers)
+        return AuthzProvider(name, False, None, error=f"available providers are {available} but found {name!r}")
 
     def service(self, key: str) -> Service | None:
         for s in self.services:

@@ -19,7 +19,6 @@ from waypost.api.security import AuthorizationPolicy
 from .model import Condition, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
 from .waypoints import WAYPOINT_CLASS
 
-ROOT_NAMESPACE = "istio-system"
 
 
 def targets_waypoint(policy: AuthorizationPolicy, waypoint: Waypoint, root_namespace: str) -> bool:
