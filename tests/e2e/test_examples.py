@@ -26,3 +26,15 @@ def test_routing_example(start_mesh):
 
     reply = send_grpc(mesh.state, "shop/client", "reviews:7070", metadata=[("x-version", "v2")])
     assert hostname(reply.message).startswith("reviews-v2-")
+
+
+def test_extauthz_example(start_mesh):
+    # Istio's sample authorizer runs as a mesh workload (built in for its image); the waypoint reaches it over HBONE.
+    mesh = start_mesh(REPO / "examples" / "extauthz", name="extauthz")
+    assert mesh.request("foo/curl", "http://httpbin:8000/ip").status == 200
+    denied = mesh.request("foo/curl", "http://httpbin:8000/headers", headers=[("x-ext-authz", "deny")])
+    assert denied.status == 403 and "denied by ext_authz" in denied.body
+    allowed = mesh.request("foo/curl", "http://httpbin:8000/headers", headers=[("x-ext-authz", "allow")])
+    assert allowed.status == 200 and "X-Ext-Authz-Check-Result" in allowed.body
+    decisions = [line for line in (mesh.state_dir / "logs" / "workloads.log").read_text().splitlines() if "foo/ext-authz" in line]
+    assert [line.split()[1] for line in decisions] == ["[HTTP][denied]", "[HTTP][allowed]"]

@@ -268,3 +268,39 @@ def test_unusable_provider_rules_become_deny_rules(second):
     deny = [f["typed_config"]["rules"] for f in filters if f["name"] == "envoy.filters.http.rbac"]
     assert all(r["action"] == "DENY" for r in deny) and len(deny) == (2 if second else 1)
     assert all(name.endswith("-deny-due-to-bad-CUSTOM-action") for r in deny for name in r["policies"])
+
+
+# -- the built-in authorizer (Istio's sample semantics) ------------------------------------------------------
+def test_builtin_authorizer_grpc_and_http_decisions():
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    from waypost.local.echo_app import EchoApp, EchoRequest
+    from waypost.local.echo_grpc import frame, handle_grpc, unframe
+
+    app = EchoApp(namespace="foo", pod="ext-authz-1", flavor="ext-authz")
+
+    def grpc(headers: dict[str, str], principal: str = "") -> external_auth_pb2.CheckResponse:
+        request = external_auth_pb2.CheckRequest()
+        request.attributes.request.http.headers.update(headers)
+        request.attributes.source.principal = principal
+        result = handle_grpc(app, path="/envoy.service.auth.v3.Authorization/Check", metadata=[], body=frame(request.SerializeToString()),
+                             body_overflow=False, port=9000, remote="127.0.0.1:1")
+        assert result.status == 0, result.message
+        ((_, raw),) = unframe(result.payload)
+        return external_auth_pb2.CheckResponse.FromString(raw)
+
+    assert grpc({"x-ext-authz": "allow"}).status.code == 0
+    denied = grpc({"x-ext-authz": "nope"})
+    assert denied.status.code == 7 and denied.denied_response.status.code == 403
+    assert grpc({}, "spiffe://cluster.local/ns/foo/sa/a").status.code == 0  # the sample's allowed account
+    assert grpc({}, "spiffe://cluster.local/ns/foo/sa/b").status.code == 7
+    unknown = handle_grpc(app, path="/proto.EchoTestService/Echo", metadata=[], body=b"", body_overflow=False, port=9000, remote="127.0.0.1:1")
+    assert unknown.status == 12
+
+    def http(headers: dict[str, list[str]]):
+        return app.handle(EchoRequest(method="GET", target="/x", host="h", proto="HTTP/1.1", headers=headers, port=8000, remote="127.0.0.1:1"))
+
+    assert http({"X-Ext-Authz": ["allow"]}).status == 200
+    refused = http({})
+    assert refused.status == 403 and b"denied by ext_authz" in refused.body
+    assert ("x-ext-authz-check-result", "denied") in refused.headers

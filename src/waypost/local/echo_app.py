@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, quote
 
 from waypost.local.echo_go import clean_path, go_json, go_json_indented, is_token, parse_go_duration, split_target
 
-FLAVORS = ("basic", "advanced")
+FLAVORS = ("basic", "advanced", "ext-authz")  # ext-authz: Istio's sample external authorizer (local.extauthz)
 
 _STATUS_RE = re.compile(r"/status/(\d\d\d)")
 # Outgoing header values must not smuggle a line break (Go replaces them with spaces, headerNewlineToSpace).
@@ -103,6 +103,12 @@ class EchoApp:
     # -- routing ---------------------------------------------------------------------------------------
 
     def handle(self, request: EchoRequest) -> EchoResponse:
+        if self.flavor == "ext-authz":
+            from waypost.local.extauthz import http_decision
+
+            headers = {name.lower(): values[0] for name, values in request.headers.items() if values}
+            status, answer, body, line = http_decision(request.method, request.host, request.target, headers, b"")
+            return EchoResponse(status, (*answer, ("Content-Type", "text/plain; charset=utf-8")), body, log=line)
         if request.target == "*" and request.method == "OPTIONS":
             return EchoResponse(200)  # Go's server answers `OPTIONS *` itself (globalOptionsHandler)
         path, query = split_target(request.target)

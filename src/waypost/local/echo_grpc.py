@@ -142,6 +142,8 @@ def handle_grpc(
 ) -> GrpcResult:
     """One unary call. `metadata` is the HTTP/2 header list (lowercase names, pseudo-headers included)."""
     service, _, method = path.lstrip("/").rpartition("/")
+    if app.flavor == "ext-authz":
+        return _authz_check(service, method, body, body_overflow)
     if service != SERVICE:
         return GrpcResult(UNIMPLEMENTED, f"unknown service {service or path}")
     if method != "Echo":
@@ -192,3 +194,28 @@ def echo_text(app: EchoApp, *, metadata: Iterable[tuple[str, str]], message: str
         lines.append(f"Namespace={app.namespace}")
     lines += [f"IP={remote.rpartition(':')[0].strip('[]')}", "Proto=GRPC", f"Echo={message}", f"Hostname={app.pod}"]
     return "".join(line + "\n" for line in lines)
+
+
+def _authz_check(service: str, method: str, body: bytes, body_overflow: bool) -> GrpcResult:
+    """Envoy's `envoy.service.auth.v3.Authorization/Check`, answered as Istio's sample authorizer does."""
+    from waypost.local.extauthz import DEFAULT_ALLOWED_ACCOUNT, GRPC_SERVICE, grpc_check
+
+    if service != GRPC_SERVICE or method != "Check":
+        return GrpcResult(UNIMPLEMENTED, f"unknown service {service}" if service != GRPC_SERVICE else f"unknown method {method} for service {service}")
+    if body_overflow:
+        return GrpcResult(RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({MAX_MESSAGE})")
+    try:
+        messages = unframe(body)
+    except ValueError as error:
+        return GrpcResult(INTERNAL, f"grpc: {error}")
+    if len(messages) != 1 or messages[0][0]:
+        return GrpcResult(INTERNAL, "grpc: expected one uncompressed request message")
+    from google.protobuf.message import DecodeError
+    from envoy.service.auth.v3 import external_auth_pb2
+
+    try:
+        request = external_auth_pb2.CheckRequest.FromString(messages[0][1])
+    except DecodeError as error:
+        return GrpcResult(INTERNAL, f"grpc: error unmarshalling request: {error}")
+    response, line = grpc_check(request, DEFAULT_ALLOWED_ACCOUNT)
+    return GrpcResult(OK, payload=frame(response.SerializeToString()), log=line)

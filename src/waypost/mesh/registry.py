@@ -38,7 +38,8 @@ def echo_flavor(image: str | None) -> str | None:
     """Which built-in echo server plays this image, or None for a client-only workload.
 
     Gateway API conformance images `echo-basic` (JSON) and `echo-advanced` (Istio's echo app, Key=Value),
-    Istio's test echo app image (`istio-testing/app`, `istio/app`), and `waypost/echo` (JSON).
+    Istio's test echo app image (`istio-testing/app`, `istio/app`), `waypost/echo` (JSON), and Istio's
+    sample external authorizer `ext-authz` (AuthorizationPolicy CUSTOM; see waypost.local.extauthz).
     """
     if not image:
         return None
@@ -52,6 +53,10 @@ def echo_flavor(image: str | None) -> str | None:
         return "basic"
     if name == "echo-advanced" or repo.endswith("istio-testing/app") or repo.endswith("istio/app"):
         return "advanced"
+    # Istio's sample external authorizer (samples/extauthz): registry.istio.io/testing/ext-authz,
+    # gcr.io/istio-testing/ext-authz, docker.io/istio/ext-authz, and our own name for it.
+    if name == "ext-authz" and (repo.endswith(("testing/ext-authz", "istio/ext-authz", "istio-release/ext-authz", "waypost/ext-authz"))):
+        return "ext-authz"
     return None
 
 
