@@ -58,15 +58,24 @@ def up(
     state_dir: Optional[str] = StateOpt,
     concurrency: int = typer.Option(1, "--concurrency", help="Worker threads per Envoy."),
     watch: bool = typer.Option(True, "--watch/--no-watch", help="Apply edits of the manifests to the running mesh."),
+    mesh_config: Optional[str] = typer.Option(
+        None, "--mesh-config", help="Istio MeshConfig YAML (extensionProviders, rootNamespace...); the ConfigMap istio/istio-system overlays it."
+    ),
 ) -> None:
     """Start a local ambient mesh from the manifests; edits to them are applied while it runs."""
     # Imported here, not at the top: it is slow to import, and `apply` should start fast.
     from waypost.api import load_paths
+    from waypost.api.meshconfig import load_mesh_config_file
 
     state = _state(state_dir)
     running = state.supervisor_pid()
     if running:
         _fail(f"a mesh is already running from {state.root} (pid {running}); run 'waypost down' first")
+    mesh, problems = load_mesh_config_file(mesh_config) if mesh_config else (None, [])
+    if problems:
+        for d in problems:
+            typer.echo(d.render(), err=True)
+        _fail(f"invalid mesh config {mesh_config}; nothing was started")
     result = load_paths(filename)
     for d in result.warnings:
         typer.echo(d.render(), err=True)
@@ -83,11 +92,13 @@ def up(
     # `up` starts from its manifests alone: what an earlier mesh here was `apply`-ed does not come back.
     state.applied_file.unlink(missing_ok=True)
     if detach:
-        _up_detached(state, paths, concurrency, watch)
+        _up_detached(state, paths, concurrency, watch, str(Path(mesh_config).absolute()) if mesh_config else None)
         return
     from waypost.local.supervisor import Supervisor
 
-    supervisor = Supervisor(state, paths, concurrency=concurrency, on_ready=lambda s: _print_ready(s, foreground=True), watch=watch)
+    supervisor = Supervisor(
+        state, paths, concurrency=concurrency, on_ready=lambda s: _print_ready(s, foreground=True), watch=watch, mesh_config=mesh
+    )
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     code = supervisor.run()
@@ -104,10 +115,12 @@ def _print_ready(state: dict[str, Any], foreground: bool) -> None:
         typer.echo("\nmesh is ready; press Ctrl-C to stop it")
 
 
-def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: bool = True) -> None:
+def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: bool = True, mesh_config: str | None = None) -> None:
     argv = [sys.executable, "-m", "waypost.local.supervisor", "--state-dir", str(state.root), "--concurrency", str(concurrency)]
     if not watch:
         argv.append("--no-watch")
+    if mesh_config:
+        argv += ["--mesh-config", mesh_config]
     for p in paths:
         argv += ["-f", p]
     with open(state.logs / "supervisor.log", "ab") as out:
@@ -356,18 +369,22 @@ def analyze(
     filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory (repeatable)."),
     output: str = typer.Option("log", "-o", "--output", help="log, json or yaml"),
     failure_threshold: str = typer.Option("Error", "--failure-threshold", help="Info, Warning or Error: exit 79 on findings at or above it."),
+    mesh_config: Optional[str] = typer.Option(None, "--mesh-config", help="Istio MeshConfig YAML, as `up --mesh-config` takes it."),
 ) -> None:
     """Analyze manifests offline for problems and ambient traps (istioctl analyze style)."""
     import yaml
 
     from waypost.api import load_paths
+    from waypost.api.meshconfig import load_mesh_config_file
     from waypost.mesh import AddressPlan, build
     from waypost.mesh.analysis import LEVELS, analyze as run_analysis, from_diagnostics
 
     if failure_threshold not in LEVELS:
         _fail(f"--failure-threshold must be one of {', '.join(LEVELS)}")
     result = load_paths(filename)
-    snapshot = build(result.resources, AddressPlan(1))  # addresses do not matter offline
+    mesh, problems = load_mesh_config_file(mesh_config) if mesh_config else (None, [])
+    result.diagnostics.extend(problems)
+    snapshot = build(result.resources, AddressPlan(1), mesh_config=mesh)  # addresses do not matter offline
     findings = from_diagnostics(result.diagnostics) + run_analysis(result.resources, snapshot)
     if output == "json":
         typer.echo(json.dumps([f.as_dict() for f in findings], indent=2))
@@ -457,6 +474,83 @@ def logs(
         if not follow:
             return
         time.sleep(0.5)
+
+
+@app.command("ztunnel-config")
+def ztunnel_config(
+    kind: str = typer.Argument(..., help="workload, service or policy"),
+    namespace: Optional[str] = typer.Option(None, "-n", "--namespace", help="Only this namespace."),
+    output: str = typer.Option("short", "-o", "--output", help="short, json or yaml"),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Show the workloads, services and policies as the ztunnels see them (like istioctl ztunnel-config)."""
+    from . import ztunnel_config as zc
+
+    current, docs = _mesh_documents(state_dir)
+    try:
+        typer.echo(zc.render(kind, zc.snapshot_from_documents(current, docs), output, namespace))
+    except zc.ViewError as exc:
+        _fail(str(exc))
+
+
+experimental = typer.Typer(add_completion=False, no_args_is_help=True, help="Experimental commands.")
+authz = typer.Typer(add_completion=False, no_args_is_help=True, help="Authorization tools.")
+experimental.add_typer(authz, name="authz")
+app.add_typer(experimental, name="x")
+
+
+@authz.command("check")
+def authz_check(
+    url: str = typer.Argument(..., help="http://HOST[:PORT]/PATH; HOST is a service name, FQDN, VIP or pod IP."),
+    source: str = typer.Option(..., "--from", help="NAMESPACE/NAME of the sending workload (Deployment or Pod)."),
+    method: str = typer.Option("GET", "-X", "--request"),
+    header: list[str] = typer.Option([], "-H", "--header", help="'Name: value' (repeatable), e.g. 'Authorization: Bearer TOKEN'."),
+    send: bool = typer.Option(False, "--send", help="Then send it for real and say whether the outcome matches."),
+    filename: list[str] = typer.Option([], "-f", "--filename", help="Check against these manifests offline instead of the running mesh."),
+    output: str = typer.Option("text", "-o", "--output", help="text or json"),
+    state_dir: Optional[str] = StateOpt,
+) -> None:
+    """Predict, without sending, what the mesh does with a request: its path, the policies each proxy
+    evaluates, the one that decides, and the status the client sees. Computed from the Envoy config the
+    proxies run."""
+    from waypost.envoy.evaluate import Unsupported
+
+    from . import authz_check as ac
+
+    if output not in ("text", "json"):
+        _fail("--output must be text or json")
+    if filename and send:
+        _fail("--send needs the running mesh; it cannot be combined with -f")
+    current = None
+    try:
+        if filename:
+            mesh = ac.offline_mesh(filename)
+        else:
+            state = _state(state_dir)
+            current = state.read_state()
+            if current is None or current.get("phase") != "ready" or state.supervisor_pid() is None:
+                _fail(f"no running mesh in {state.root} (use -f PATH to check manifests offline)")
+            assert current is not None
+            mesh = ac.live_mesh(current)
+        evaluation, workload, headers = ac.run(mesh, source, url, method, header)
+    except (ac.CheckError, Unsupported) as exc:
+        _fail(str(exc))
+        return
+    payload = ac.as_json(evaluation) if output == "json" else None
+    text = ac.render_text(evaluation, workload, url) if output == "text" else ""
+    code = 0
+    if send:
+        assert current is not None
+        real = ac.send(current, source, url, method, headers)
+        agreed = ac.matches(evaluation.outcome, real)
+        if payload is not None:
+            payload["sent"] = {"status": real.status, "error": real.error, "matches": agreed}
+        else:
+            verdict = {True: "matches the prediction", False: "DOES NOT match the prediction", None: "(no prediction to compare)"}[agreed]
+            text += f"\nsent:     {ac.describe_real(real)}: {verdict}"
+        code = 0 if agreed is not False else 3
+    typer.echo(ac.dumps(payload) if payload is not None else text)
+    raise typer.Exit(code)
 
 
 from . import waypoint as _waypoint  # noqa: E402 - registered after the helpers it uses
