@@ -26,7 +26,7 @@ test: $(STAMP)
 
 # Regenerates the golden Envoy configs after an intended translation change; review the diff.
 golden: $(STAMP)
-	WAYPOST_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/golden
+	WAYPOST_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/golden tests/unit/test_cli_golden.py tests/analyze
 
 # Benchmarks (not part of `make test`; ~15 min on 2 cores): the data-path ladder, control-plane scale and
 # convergence, each printing its tables (kept in bench/results/*.txt and *.json), then the targets and

@@ -57,7 +57,7 @@ class RunningMesh:
 
 
 def _mesh_starter(directory: Path, started: list[RunningMesh]):
-    def start(*sources: str | Path, name: str = "mesh") -> RunningMesh:
+    def start(*sources: str | Path, name: str = "mesh", up_args: tuple[str, ...] = ()) -> RunningMesh:
         state_dir = directory / f"{name}-state"
         args: list[str] = []
         for i, source in enumerate(sources):
@@ -69,7 +69,7 @@ def _mesh_starter(directory: Path, started: list[RunningMesh]):
                 args += ["-f", str(file)]
         mesh = RunningMesh(state_dir)
         started.append(mesh)
-        waypost("up", *args, "--detach", "--state-dir", str(state_dir), check=True)
+        waypost("up", *args, *up_args, "--detach", "--state-dir", str(state_dir), check=True)
         return mesh
 
     return start

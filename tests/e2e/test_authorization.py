@@ -212,6 +212,18 @@ def test_c31_to_c33_l7_rules_at_the_waypoint(start_mesh):
     assert outcome(mesh, "app/intruder", "http://svc/allowed-identity") == "403"
 
 
+def test_path_templates_at_the_waypoint(start_mesh):
+    # `{*}` is one segment, `{**}` any number (last only): Envoy's uri_template `*`/`**` (§5.4).
+    mesh = start_mesh(
+        base()
+        + policy("templates", "targetRefs: [{kind: Service, group: '', name: svc}]\nrules: [{to: [{operation: {paths: ['/items/{*}', '/static/{**}']}}]}]")
+        + policy("no-admin", "targetRefs: [{kind: Service, group: '', name: svc}]\naction: DENY\nrules: [{to: [{operation: {paths: ['/items/{*}/admin']}}]}]")
+    )
+    for path, expected in (("/items/1", "200"), ("/items/1/2", "403"), ("/items/", "403"), ("/static/a/b/c.css", "200"),
+                           ("/static/x", "200"), ("/other", "403"), ("/items/1/admin", "403")):
+        assert outcome(mesh, "app/client", f"http://svc{path}") == expected, path
+
+
 def test_c36_l7_allow_rules_at_ztunnel_allow_nothing(start_mesh):
     mesh = start_mesh(base(service_waypoint=False) + policy("l7-at-ztunnel", "selector: {matchLabels: {app: backend}}\nrules: [{to: [{operation: {methods: [GET], paths: [/allowed]}}]}]"))
     assert outcome(mesh, "app/client", "http://svc/allowed") == "reset"

@@ -273,3 +273,24 @@ def tcp_echo_in(mesh, service: str, port: int) -> bytes:
         return b""
     finally:
         sock.close()
+
+
+def test_providers_from_a_mesh_config_file(authorizer, start_mesh, tmp_path):
+    """`up --mesh-config FILE` declares the providers; no ConfigMap. A bad file is refused with its line."""
+    import yaml
+
+    mesh_text = yaml.safe_load(mesh_config().split("---")[1])["data"]["mesh"]
+    documents = mesh_config().split("---")
+    no_config_map = "---".join(d for d in documents if "kind: ConfigMap" not in d)
+    config = tmp_path / "mesh.yaml"
+    config.write_text(mesh_text)
+    mesh = start_mesh(no_config_map + services() + custom("ext-http", "http-checked", "http-authz"), name="meshfile", up_args=("--mesh-config", str(config)))
+    assert outcome(mesh, "shop/client", "http://http-checked.shop/protected/a") == "403"
+    assert outcome(mesh, "shop/client", "http://http-checked.shop/protected/a", headers=[("x-ext-authz", "allow")]) == "200"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extensionProviders:\n- name: x\n  envoyExtAuthzGrpc: {service: a.b, port: 0}\n")
+    proc = subprocess.run([sys.executable, "-m", "waypost.cli.main", "up", "-f", str(config), "--mesh-config", str(bad), "--state-dir", str(tmp_path / "bad-state")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert f"{bad}:3: error: MeshConfig --mesh-config: extensionProviders[0].envoyExtAuthzGrpc.port: port must be in the range [1, 65535], found: 0" in proc.stderr

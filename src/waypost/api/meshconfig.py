@@ -317,8 +317,8 @@ def load_mesh_config_file(path: str) -> tuple[MeshConfig | None, list[Diagnostic
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return None, [error(path, 0, f"cannot read the mesh config: {exc}", kind="MeshConfig")]
+        return None, [error(path, 0, f"cannot read the mesh config: {exc}", kind="MeshConfig", name="--mesh-config")]
     try:
         return parse_mesh_config(text), []
     except MeshConfigError as exc:
-        return None, [error(path, line, message, kind="MeshConfig", field=field) for field, line, message in exc.problems]
+        return None, [error(path, line, message, kind="MeshConfig", name="--mesh-config", field=field) for field, line, message in exc.problems]

@@ -162,7 +162,10 @@ def path_regex(value: str) -> str:
 
 def _path_permission(value: str) -> dict[str, Any]:
     if "{" in value:
-        return {"uri_template": {"name": "uri-template", "typed_config": {"@type": T_URI_TEMPLATE, "path_template": value}}}
+        # Istio's `{*}`/`{**}` are Envoy's `*`/`**` (Envoy rejects `{*}`: it would name a variable);
+        # istio pilot/pkg/security/authz/matcher converts them the same way.
+        template = value.replace("{**}", "**").replace("{*}", "*")
+        return {"uri_template": {"name": "uri-template", "typed_config": {"@type": T_URI_TEMPLATE, "path_template": template}}}
     return {"url_path": {"path": {"safe_regex": {"regex": path_regex(value)}}}}
 
 

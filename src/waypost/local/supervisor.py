@@ -53,6 +53,8 @@ from .metrics_server import STATS_PORT, MetricsEndpoints
 from .rollout import roll_out
 from .state import StateDir, write_json_atomic
 from .watch import POLL_INTERVAL, ManifestWatcher
+
+XDS_MAX_STREAMS = 2048  # threads are started on demand; a refused stream would leave its proxy unconfigured
 from .workloads import WorkloadHost, echo_workloads  # noqa: F401 - re-exported
 
 log = logging.getLogger("waypost.local")
@@ -191,7 +193,8 @@ class Supervisor:
             raise StartupError(str(exc)) from None
         ca = CertificateAuthority.generate()
         ca.save(self.state.certs)
-        self.xds = XdsServer(plan.control_plane, XDS_PORT)
+        # One ADS stream per Envoy holds one server thread: room for every proxy a local mesh can run.
+        self.xds = XdsServer(plan.control_plane, XDS_PORT, max_workers=XDS_MAX_STREAMS)
         self.xds.start()
         self.fleet = ProxyFleet(self.state, self.xds, ca, plan.control_plane, self.concurrency)
         started = now()
