@@ -22,6 +22,7 @@ EXPECTED_CODES = {
     "waypoint_bypass": "WPT0006",
     "custom_provider_unusable": "WPT0007",
     "custom_at_ztunnel": "WPT0008",
+    "mixed_routing": "WPT0009",
 }
 
 

@@ -32,10 +32,15 @@ CASES = {
         "spec:\n  jwtRules:\n  - issuer: me\n    jwksUri: ftp://127.0.0.1/keys\n",
         ["bad.yaml:6:", "RequestAuthentication x/jwt", "must be an http:// or https:// URL"],
     ),
-    "custom_authorization_not_yet_enforced": (
+    "custom_authorization_without_rules": (
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: x}\n"
-        "spec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n",
-        ["bad.yaml:5:", "AuthorizationPolicy x/ext", "CUSTOM", "not supported yet"],
+        "spec:\n  action: CUSTOM\n  provider: {name: opa}\n",
+        ["bad.yaml:4:", "AuthorizationPolicy x/ext", "CUSTOM action without `rules` is meaningless"],
+    ),
+    "mesh_config_with_a_bad_provider": (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |\n"
+        "    extensionProviders:\n    - name: opa\n      envoyExtAuthzGrpc: {service: opa.x.svc.cluster.local, port: 99999}\n",
+        ["bad.yaml:8:", "ConfigMap istio-system/istio", "data.mesh.extensionProviders[0].envoyExtAuthzGrpc.port", "port must be in the range"],
     ),
 }
 

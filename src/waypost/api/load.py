@@ -65,10 +65,23 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 KNOWN_GROUPS = frozenset({g for g, _ in KINDS} | {g for g, _ in NOT_SUPPORTED_YET}) - {"", "apps"}
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A document of a kind waypost knows but does not enforce yet, kept raw for `analyze`."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+    data: dict[str, Any]
+    source: Source
+
+
 @dataclass
 class LoadResult:
     resources: list[Resource] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -81,6 +94,7 @@ class LoadResult:
     def extend(self, other: "LoadResult") -> None:
         self.resources.extend(other.resources)
         self.diagnostics.extend(other.diagnostics)
+        self.refused.extend(other.refused)
 
 
 def manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnostic]]:
@@ -170,6 +184,7 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
     if cls is None:
         area = NOT_SUPPORTED_YET.get((group, kind))
         if area is not None:
+            result.refused.append(Refused(group, kind, where["namespace"], where["name"], data, Source(file=filename, line=line)))
             result.diagnostics.append(
                 error(
                     filename,

@@ -96,8 +96,10 @@ def up(
         return
     from waypost.local.supervisor import Supervisor
 
+    spinner = _Progress()
     supervisor = Supervisor(
-        state, paths, concurrency=concurrency, on_ready=lambda s: _print_ready(s, foreground=True), watch=watch, mesh_config=mesh
+        state, paths, concurrency=concurrency, on_ready=lambda s: (spinner.stop(), _print_ready(s, foreground=True)), watch=watch,
+        mesh_config=mesh, on_progress=spinner.update,
     )
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
@@ -107,6 +109,31 @@ def up(
         for line in final.get("errors", []):
             typer.echo(line, err=True)
     raise typer.Exit(code)
+
+
+class _Progress:
+    """A spinner with the start-up progress on a terminal's stderr; nothing when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self._status = None
+        self._enabled = sys.stderr.isatty() and not os.environ.get("WAYPOST_PLAIN")
+
+    def update(self, state: dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        text = render.progress(state)
+        if self._status is None:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
 
 def _print_ready(state: dict[str, Any], foreground: bool) -> None:
@@ -126,8 +153,13 @@ def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: boo
     with open(state.logs / "supervisor.log", "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
+    spinner = _Progress()
     while time.monotonic() < deadline:
         current = state.read_state()
+        if current and current.get("phase") == "starting":
+            spinner.update(current)
+        if current and current.get("phase") != "starting":
+            spinner.stop()
         if current and current.get("phase") == "ready":
             _print_ready(current, foreground=False)
             return
@@ -137,8 +169,10 @@ def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: boo
             proc.wait(30)
             _fail("the mesh failed to start")
         if proc.poll() is not None:
+            spinner.stop()
             _fail(f"the supervisor exited with {proc.returncode}; see {state.logs / 'supervisor.log'}")
         time.sleep(0.1)
+    spinner.stop()
     proc.terminate()
     _fail("the mesh did not become ready within 120s")
 
@@ -385,7 +419,7 @@ def analyze(
     mesh, problems = load_mesh_config_file(mesh_config) if mesh_config else (None, [])
     result.diagnostics.extend(problems)
     snapshot = build(result.resources, AddressPlan(1), mesh_config=mesh)  # addresses do not matter offline
-    findings = from_diagnostics(result.diagnostics) + run_analysis(result.resources, snapshot)
+    findings = from_diagnostics(result.diagnostics) + run_analysis(result.resources, snapshot, result.refused)
     if output == "json":
         typer.echo(json.dumps([f.as_dict() for f in findings], indent=2))
     elif output == "yaml":

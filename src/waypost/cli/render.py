@@ -1,14 +1,53 @@
-"""Plain-text tables for the CLI (kubectl-style: upper-case headers, columns padded, no borders)."""
+"""Tables for the CLI, kubectl-style: upper-case headers, columns padded, no borders.
+
+On a terminal they are drawn by rich (bold headers, a rule under them); anywhere else (pipes, files,
+tests) they are plain padded text, stable for scripts and golden files. `WAYPOST_PLAIN=1` forces plain.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
+
+
+def rich_output() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("WAYPOST_PLAIN") and os.environ.get("TERM") != "dumb"
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    if rich_output():
+        return _rich_table(cells)
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _rich_table(cells: list[list[str]]) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for header in cells[0]:
+        grid.add_column(header, no_wrap=True)
+    for row in cells[1:]:
+        grid.add_row(*row)
+    console = Console(width=max(80, sum(max(len(r[i]) for r in cells) + 3 for i in range(len(cells[0])))))
+    with console.capture() as captured:
+        console.print(grid)
+    return captured.get().rstrip("\n")
+
+
+def progress(state: dict[str, Any]) -> str:
+    """One line on how far a starting mesh got, from its state.json."""
+    proxies = state.get("proxies") or []
+    ready = sum(1 for p in proxies if p.get("ready"))
+    if not proxies:
+        return "starting the control plane"
+    waiting = [p["name"] for p in proxies if not p.get("ready")]
+    line = f"starting the mesh: {ready}/{len(proxies)} proxies configured"
+    return line + (f", waiting for {', '.join(waiting[:2])}{'…' if len(waiting) > 2 else ''}" if waiting else ", starting workloads")
 
 
 def services_table(state: dict[str, Any]) -> str:

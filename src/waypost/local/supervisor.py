@@ -54,6 +54,7 @@ from .rollout import roll_out
 from .state import StateDir, write_json_atomic
 from .watch import POLL_INTERVAL, ManifestWatcher
 
+PROGRESS_INTERVAL = 0.25  # seconds between state.json refreshes while the mesh starts
 XDS_MAX_STREAMS = 2048  # threads are started on demand; a refused stream would leave its proxy unconfigured
 from .workloads import WorkloadHost, echo_workloads  # noqa: F401 - re-exported
 
@@ -81,12 +82,14 @@ class Supervisor:
         on_ready: Callable[[dict[str, Any]], None] | None = None,
         watch: bool = True,
         mesh_config: MeshConfig | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.state = state
         self.paths = list(paths)
         self.mesh_config = mesh_config  # from `up --mesh-config`; the istio ConfigMap overlays it
         self.concurrency = concurrency
         self.on_ready = on_ready
+        self.on_progress = on_progress  # called with state.json's content while the proxies start
         self.watch = watch
         self.info: dict[str, Any] = {}
         self.running: Running | None = None
@@ -204,15 +207,29 @@ class Supervisor:
         self.publish(self.running)
         self.write_state({"phase": "starting"})
         configs = translate(snapshot)
-        rollout = roll_out(
-            self.fleet, self.workloads, configs, echo_workloads(snapshot), {pid: 1 for pid in configs},
-            time.monotonic() + READY_TIMEOUT, self._stop,
-        )
+        # While the proxies start, state.json is refreshed so `up` can show how far it got.
+        started_up = threading.Event()
+        progress = threading.Thread(target=self._report_progress, args=(started_up,), name="progress", daemon=True)
+        progress.start()
+        try:
+            rollout = roll_out(
+                self.fleet, self.workloads, configs, echo_workloads(snapshot), {pid: 1 for pid in configs},
+                time.monotonic() + READY_TIMEOUT, self._stop,
+            )
+        finally:
+            started_up.set()
+            progress.join()
         if rollout.error:
             raise StartupError(rollout.error)
         self._control = ControlServer(self.state.control_socket, self._submit)
         self._control.start()
         self._metrics = MetricsEndpoints(plan.control_plane)
+
+    def _report_progress(self, done: threading.Event) -> None:
+        while not done.wait(PROGRESS_INTERVAL):
+            self.write_state({"phase": "starting"})
+            if self.on_progress is not None:
+                self.on_progress(self.state.read_state() or {})
 
     def _shutdown(self) -> None:
         if self._metrics is not None:

@@ -15,11 +15,14 @@ validation error), `WPT` codes for the ambient traps Istio's analyzers do not re
 | WPT0006 | Warning | pods behind a waypoint-enforced policy are reachable by clients outside the mesh, bypassing it |
 | WPT0007 | Error   | a CUSTOM policy's provider is unusable (undeclared, unresolvable, or several on one chain): its rules deny |
 | WPT0008 | Warning | a CUSTOM or AUDIT policy attached by selector/namespace: ztunnel does not support it, nothing enforces it |
+| WPT0009 | Warning | a VirtualService and an HTTPRoute/GRPCRoute route the same host: mixing them is undefined in Istio |
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from waypost.api.diagnostics import Diagnostic
 from waypost.api.meta import Resource
@@ -67,9 +70,11 @@ def from_diagnostics(diagnostics: list[Diagnostic]) -> list[Finding]:
     return out
 
 
-def analyze(resources: list[Resource], snapshot: MeshSnapshot) -> list[Finding]:
+def analyze(resources: list[Resource], snapshot: MeshSnapshot, refused: Sequence[Any] = ()) -> list[Finding]:
+    """Findings from the resources and snapshot; `refused` are the raw documents of kinds not enforced yet."""
     by_key = {(r.KIND, r.namespace, r.name): r for r in resources}
     out: list[Finding] = []
+    out.extend(_mixed_routing(refused, snapshot))
 
     # IST0101 and WPT0003-5 from the computed status conditions.
     for status in snapshot.statuses:
@@ -167,3 +172,38 @@ def analyze(resources: list[Resource], snapshot: MeshSnapshot) -> list[Finding]:
 
 
 __all__ = ["Finding", "LEVELS", "analyze", "from_diagnostics", "ztunnel_condition"]
+
+
+def _mixed_routing(refused: Sequence[Any], snapshot: MeshSnapshot) -> list[Finding]:
+    """WPT0009: a VirtualService host that is also a Service/ServiceEntry some HTTPRoute/GRPCRoute routes."""
+    routed: dict[str, list[str]] = {}
+    for r in snapshot.routes:
+        service = snapshot.service(r.service)
+        if service is not None:
+            routed.setdefault(service.fqdn, []).extend(e.route for e in r.entries)
+    out = []
+    for doc in refused:
+        if doc.kind != "VirtualService":
+            continue
+        hosts = (doc.data.get("spec") or {}).get("hosts") or []
+        for host in hosts if isinstance(hosts, list) else []:
+            fqdn = _qualify(str(host), doc.namespace or "default")
+            if fqdn in routed:
+                routes = ", ".join(sorted(set(routed[fqdn])))
+                out.append(
+                    Finding(
+                        "Warning", "WPT0009", "VirtualService", doc.namespace, doc.name, doc.source.file, doc.source.line,
+                        f"host {host} ({fqdn}) is also routed by HTTPRoute/GRPCRoute {routes}; mixing classic and Gateway API "
+                        "routing for one host is undefined in Istio: route it with one API only",
+                    )
+                )
+    return out
+
+
+def _qualify(host: str, namespace: str) -> str:
+    """Istio's short-name resolution for VirtualService hosts: `svc` → `svc.<vs namespace>.svc.cluster.local`."""
+    if "." not in host:
+        return f"{host}.{namespace}.svc.cluster.local"
+    if host.count(".") == 1:
+        return f"{host}.svc.cluster.local"
+    return host
