@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security
+from . import core, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -39,6 +39,8 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         networking.ServiceEntry,
         security.AuthorizationPolicy,
         security.RequestAuthentication,
+        extensions.WasmPlugin,
+        extensions.TrafficExtension,
     )
 }
 
@@ -46,8 +48,6 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("security.istio.io", "PeerAuthentication"): "security",
-    ("extensions.istio.io", "WasmPlugin"): "extension",
-    ("extensions.istio.io", "TrafficExtension"): "extension",
     ("networking.istio.io", "EnvoyFilter"): "extension",
     ("networking.istio.io", "VirtualService"): "networking",
     ("networking.istio.io", "DestinationRule"): "networking",

@@ -49,6 +49,9 @@ JWT_CLOCK_SKEW = 60  # JwtProvider.clock_skew_seconds default
 MAX_HOPS = 24  # a routing loop in the config must not hang the evaluator
 
 
+EXTENSION_PREFIX = "extensions.istio.io/"  # filters of WasmPlugins and TrafficExtensions (waypost.envoy.extensions)
+
+
 class Unsupported(ValueError):
     """The config uses something the evaluator does not implement; it refuses to guess."""
 
@@ -1005,7 +1008,8 @@ class Evaluator:
                     metadata[JWT_FILTER] = {_payload_key(config, jr.provider): jr.payload}
                 if jr.remove_header:
                     headers = [(k, v) for k, v in headers if k != jr.remove_header]
-            elif name == HTTP_RBAC:
+            elif name == HTTP_RBAC or str(config.get("@type", "")).endswith("filters.http.rbac.v3.RBAC"):
+                # (an unloaded fail-closed Wasm plugin is an RBAC filter under the plugin's name)
                 enforced, shadow = rbac_filter(config, attributes())
                 custom = str(config.get("shadow_rules_stat_prefix", "")) == EXT_AUTHZ_SHADOW_PREFIX
                 if shadow is not None:
@@ -1033,6 +1037,9 @@ class Evaluator:
                     return [_Result("http", None, f"external authorizer {provider} decides (unknown without --send)", (replace(hop, checks=tuple(checks)),), proxy=proxy.id, policy=_shadow_policy(metadata))]
             elif _observer(f):
                 continue  # CORS answers preflights per route, the others only observe: none authorizes
+            elif str(name).startswith(EXTENSION_PREFIX):
+                # A WasmPlugin/TrafficExtension: its code is not interpreted here. Say so rather than guess.
+                checks.append(Check(name, "EXTENSION", (), None, "unknown", "an extension runs here; its code is not evaluated (it may change or answer the request)"))
             elif name == "envoy.filters.http.router":
                 results = self._route(proxy, hcm, headers, path, conn, request, depth)
                 return [replace(r, hops=(replace(hop, checks=tuple(checks)),) + r.hops) for r in results]

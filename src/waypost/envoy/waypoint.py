@@ -19,7 +19,7 @@ from waypost.mesh.registry import port_protocol
 from waypost.mesh import policies as authz
 
 from . import common as c
-from . import extauthz, jwt, rbac, routing, telemetry
+from . import extauthz, extensions, jwt, rbac, routing, telemetry
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
@@ -61,7 +61,8 @@ def _labels(snapshot: MeshSnapshot | None, endpoint: Endpoint) -> dict[str, str]
     return telemetry.endpoint_metadata(snapshot, endpoint) if snapshot is not None else None
 
 
-def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None, late: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An HCM with the authn/authz filters first, then CORS, then `late` (STATS/UNSPECIFIED extensions)."""
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -78,6 +79,7 @@ def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], a
             "http_filters": authz + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+                *(late or []),
                 *telemetry.http_filters(),
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
             ],
@@ -174,11 +176,22 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
     for service in served_services(snapshot, waypoint):
         chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
         chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace), dict(snapshot.jwks_documents))
-        # Istio's waypoint filter order (§5.1): CUSTOM, then jwt_authn, then RBAC AUDIT/DENY/ALLOW.
-        http_authz = extauthz.http_filters(chain_policies, snapshot) + chain_authn + rbac.http_filters(chain_policies)
-        tcp_authz = extauthz.network_filters(chain_policies, snapshot) + rbac.network_filters(chain_policies)
+        custom_http, custom_tcp = extauthz.http_filters(chain_policies, snapshot), extauthz.network_filters(chain_policies, snapshot)
+        rbac_http, rbac_tcp = rbac.http_filters(chain_policies), rbac.network_filters(chain_policies)
         add_authz_clusters(chain_policies)
         for sp in service.ports:
+            # Istio's waypoint filter order (§5.1): CUSTOM, AUTHN extensions, jwt_authn, AUTHZ extensions,
+            # RBAC AUDIT/DENY/ALLOW, CORS, STATS and UNSPECIFIED extensions, stats, router.
+            phases = extensions.for_chain(snapshot, waypoint, service, sp.port)
+            http_authz = (
+                custom_http + extensions.http_filters(phases, snapshot, "AUTHN") + chain_authn
+                + extensions.http_filters(phases, snapshot, "AUTHZ") + rbac_http
+            )
+            http_late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+            tcp_authz = (
+                custom_tcp + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + rbac_tcp
+                + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+            )
             domains.append(f"{service.vip}:{sp.port}")
             http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
             endpoints = service.endpoints_for(sp.port)
@@ -208,20 +221,30 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp))),
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp)), http_late),
                     tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service))],
                 )
             )
 
     workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
     workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace), dict(snapshot.jwks_documents))
-    workload_http_authz = extauthz.http_filters(workload_policies, snapshot) + workload_authn + rbac.http_filters(workload_policies)
-    workload_tcp_authz = extauthz.network_filters(workload_policies, snapshot) + rbac.network_filters(workload_policies)
+    workload_custom_http, workload_custom_tcp = extauthz.http_filters(workload_policies, snapshot), extauthz.network_filters(workload_policies, snapshot)
+    workload_rbac_http, workload_rbac_tcp = rbac.http_filters(workload_policies), rbac.network_filters(workload_policies)
     if served_workloads(snapshot, waypoint):
         add_authz_clusters(workload_policies)
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:
+            phases = extensions.for_chain(snapshot, waypoint, None, wp.port)
+            workload_http_authz = (
+                workload_custom_http + extensions.http_filters(phases, snapshot, "AUTHN") + workload_authn
+                + extensions.http_filters(phases, snapshot, "AUTHZ") + workload_rbac_http
+            )
+            workload_http_late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+            workload_tcp_authz = (
+                workload_custom_tcp + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + workload_rbac_tcp
+                + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+            )
             protocol = port_protocol(wp.name, None, "TCP")
             endpoint = (Endpoint(workload.key, workload.address, wp.port, hbone=True),)
             http_cluster = add_cluster(endpoint_cluster(f"inbound-pod|{wp.port}|http|{workload.address}", endpoint, "auto", snapshot))
@@ -233,7 +256,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{workload.address}:{wp.port}",
                     {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
                     protocol,
-                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_http_authz, telemetry.http_access_log("waypoint", None, "http")),
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_http_authz, telemetry.http_access_log("waypoint", None, "http"), workload_http_late),
                     workload_tcp_authz + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None))],
                 )
             )

@@ -209,7 +209,7 @@ class Changes:
             outcome.timings_ms["total"] = _ms(started)
             return outcome
         try:
-            snapshot = sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config))
+            snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config)))
             configs = translate(snapshot)
         except Exception as exc:  # noqa: BLE001 - e.g. AddressSpaceExhausted; the running config must stay
             log.exception("cannot build the changed configuration")

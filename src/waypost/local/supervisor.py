@@ -47,6 +47,7 @@ from .control import ControlServer
 from .documents import mesh_view, resource_documents
 from .fleet import ProxyFleet, secret_resources, xds_snapshot  # noqa: F401 - re-exported
 from .jwks import JwksCache
+from .wasm import WasmCache
 from .manifests import compose, load_overlay, track
 from .metrics_server import PATH as METRICS_PATH
 from .metrics_server import STATS_PORT, MetricsEndpoints
@@ -101,6 +102,7 @@ class Supervisor:
         self._control: ControlServer | None = None
         self._metrics: MetricsEndpoints | None = None
         self.jwks = JwksCache()
+        self.wasm = WasmCache(state.root / "wasm")
         self._watcher: ManifestWatcher | None = None
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
@@ -191,7 +193,7 @@ class Supervisor:
         resources = compose(result.resources, overlay)
         plan, self._block_lock = acquire_block()
         try:
-            snapshot = self.jwks.attach(build(resources, plan, mesh_config=self.mesh_config))
+            snapshot = self.wasm.attach(self.jwks.attach(build(resources, plan, mesh_config=self.mesh_config)))
         except ValueError as exc:  # e.g. AddressSpaceExhausted
             raise StartupError(str(exc)) from None
         ca = CertificateAuthority.generate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from waypost.api.core import ConfigMap, Deployment, Namespace, Pod, Service as ServiceResource
+from waypost.api.extensions import TrafficExtension, WasmPlugin
 from waypost.api.gateway import Gateway, GatewayClass
 from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute
@@ -245,6 +246,8 @@ def build(
     statuses.extend(l4_statuses)
     policies = sorted(of(AuthorizationPolicy), key=lambda p: (p.namespace, p.name))
     statuses.extend(authz.statuses(policies, waypoints, services, root_namespace))
+    extensions = sorted([*of(WasmPlugin), *of(TrafficExtension)], key=lambda e: (e.namespace, e.name, e.KIND))
+    statuses.extend(authz.extension_statuses(extensions, waypoints, services, root_namespace))
     return MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
@@ -258,6 +261,7 @@ def build(
         request_authentications=tuple(sorted(of(RequestAuthentication), key=lambda p: (p.namespace, p.name))),
         root_namespace=root_namespace,
         authz_providers=resolve_authz_providers(mesh, tuple(services.values())),
+        extensions=tuple(extensions),
         mesh_config=mesh,
     )
 

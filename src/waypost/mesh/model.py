@@ -339,6 +339,16 @@ class AuthzProvider:
 
 
 @dataclass(frozen=True)
+class WasmModule:
+    """A Wasm module a WasmPlugin/TrafficExtension names, as fetched: a local file to load, or why not."""
+
+    url: str  # as written in the resource
+    sha256: str = ""  # of the fetched bytes
+    path: str = ""  # where Envoy reads it
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class MeshSnapshot:
     """Everything a translation needs for one config version; built by `mesh.build`."""
 
@@ -355,7 +365,15 @@ class MeshSnapshot:
     jwks_documents: tuple[tuple[str, str], ...] = field(default=())  # jwksUri -> fetched JWKS (by the local layer)
     root_namespace: str = "istio-system"
     authz_providers: tuple[AuthzProvider, ...] = field(default=())
+    extensions: tuple = field(default=())  # api WasmPlugin and TrafficExtension values, sorted by namespace/name
+    wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
+
+    def wasm_module(self, url: str) -> WasmModule:
+        for m in self.wasm_modules:
+            if m.url == url:
+                return m
+        return WasmModule(url, error="the module has not been fetched")
 
     def authz_provider(self, name: str) -> AuthzProvider:
         """The provider a CUSTOM policy names; one with `error` set when it is not usable (Istio getExtAuthz)."""

@@ -118,7 +118,7 @@ def waypoint_condition(policy: AuthorizationPolicy, waypoints: Mapping[WaypointR
                 results.append((True, "Accepted", f"bound to {w.ref}", text))
         elif ref.kind == "GatewayClass":
             if policy.namespace != root_namespace:
-                results.append((False, "Invalid", f"AuthorizationPolicy must be in the root namespace `{root_namespace}` when referencing a GatewayClass", text))
+                results.append((False, "Invalid", f"{policy.KIND} must be in the root namespace `{root_namespace}` when referencing a GatewayClass", text))
             elif ref.name != WAYPOINT_CLASS:
                 results.append((False, "Invalid", f"GatewayClass {ref.name} is not handled by the mesh controller", text))
             else:
@@ -150,4 +150,23 @@ def statuses(policies: Sequence[AuthorizationPolicy], waypoints: Mapping[Waypoin
     for p in policies:
         condition = waypoint_condition(p, waypoints, services, root_namespace) if p.spec.targets else ztunnel_condition(p)
         out.append(ResourceStatus("AuthorizationPolicy", p.namespace, p.name, (condition,)))
+    return out
+
+
+def extension_statuses(extensions: Sequence, waypoints: Mapping[WaypointRef, Waypoint], services: Mapping[str, Service], root_namespace: str) -> list[ResourceStatus]:
+    """WasmPlugin/TrafficExtension: `Accepted` says which waypoint runs it, or why none does.
+
+    Istio writes no status for them; waypost does, since a plugin that silently never loads is the
+    complaint users have (the module's own fetch and load status is added by the local layer)."""
+    out = []
+    for e in extensions:
+        if e.spec.targets:
+            bound = waypoint_condition(e, waypoints, services, root_namespace)
+            condition = Condition("Accepted", bound.status, bound.reason, bound.message)
+        else:
+            condition = Condition(
+                "Accepted", "False", "NotWaypointAttached",
+                "attached by selector or namespace, which applies to sidecars only: waypoints run extensions attached with targetRefs",
+            )
+        out.append(ResourceStatus(e.KIND, e.namespace, e.name, (condition,)))
     return out
