@@ -100,6 +100,19 @@ def test_waypoint_request_metrics_count_each_outcome_with_istio_labels(start_mes
     }
     total = sum(s.value for s in samples(text, "istio_request_duration_milliseconds_sum"))
     assert 0 < total <= elapsed_ms  # the proxy's view of each request fits in the client's
+    # No endpoint was chosen for the denied, unroutable and endpoint-less requests: Istio's waypoint writes
+    # `unknown` for every label of the destination workload; the service labels stay.
+    destination_workload_labels = (
+        "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+        "destination_version", "destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+    )
+    for s in samples(text, "istio_requests_total"):
+        if s.labels["response_code"] == "200":
+            continue
+        assert {k: s.labels[k] for k in destination_workload_labels} == dict.fromkeys(destination_workload_labels, "unknown"), s.labels
+        assert (s.labels["destination_service_name"], s.labels["source_workload"]) == ("svc", "client")
+    # Plain HTTP gets no gRPC message series.
+    assert not samples(text, "istio_request_messages_total") and not samples(text, "istio_response_messages_total")
 
 
 def test_ztunnel_tcp_byte_counters_match_what_the_client_sent(start_mesh):
@@ -169,7 +182,44 @@ def test_scrape_endpoints_cli_metrics_and_deny_reason_in_access_log(start_mesh):
     assert denied and denied[0].endswith("# denied by AuthorizationPolicy app/deny, rule 0"), lines
 
 
-def test_grpc_calls_carry_protocol_and_grpc_status(start_mesh):
+def grpc_messages(mesh, source: str, service: str, messages: int) -> tuple[int, int]:
+    """One call carrying `messages` request messages (h2c, as send_grpc); → (grpc-status, response messages)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from waypost.local.client import find_workload
+    from waypost.local.echo_grpc import ECHO_PATH, encode_string_field, frame, unframe
+
+    workload = find_workload(mesh.state, source)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    with socket.socket() as sock:
+        sock.settimeout(10)
+        sock.bind((workload["address"], 0))
+        sock.connect((mesh.service(workload["namespace"], service)["vip"], 7070))
+        conn.initiate_connection()
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", f"{service}:7070"), (":path", ECHO_PATH),
+                   ("content-type", "application/grpc"), ("te", "trailers")]
+        conn.send_headers(1, headers)
+        conn.send_data(1, b"".join(frame(encode_string_field(f"m{i}")) for i in range(messages)), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        body, fields, done = b"", {}, False
+        while not done:
+            chunk = sock.recv(65535)
+            assert chunk, "connection closed before the call completed"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    fields.update((str(k), str(v)) for k, v in event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+            sock.sendall(conn.data_to_send())
+    return int(fields["grpc-status"]), len(unframe(body))
+
+
+def test_grpc_calls_carry_protocol_grpc_status_and_message_counts(start_mesh):
     from waypost.local.client import send_grpc
 
     from .test_grpcroute import MESH as GRPC_MESH
@@ -177,14 +227,24 @@ def test_grpc_calls_carry_protocol_and_grpc_status(start_mesh):
     mesh = start_mesh(GRPC_MESH, name="grpc-metrics")
     for _ in range(3):
         assert send_grpc(mesh.state, "g/client", "echo:7070").grpc_status == 0
+    # Three messages on the unary method: the echo server refuses the call (INTERNAL) and sends none back.
+    assert grpc_messages(mesh, "g/client", "echo", 3) == (13, 0)
     admin = proxy_admin(mesh, "waypoint")
     deadline = time.monotonic() + 10
     while True:
         text = fetch(admin)
         requests = [s for s in samples(text, "istio_requests_total") if s.labels["destination_service_name"] == "echo"]
-        if requests or time.monotonic() > deadline:
+        if sum(s.value for s in requests) >= 4 or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    (series,) = requests
-    assert series.value == 3
-    assert (series.labels["request_protocol"], series.labels["grpc_response_status"]) == ("grpc", "0")
+    by_status = {s.labels["grpc_response_status"]: s for s in requests}
+    assert {k: s.value for k, s in by_status.items()} == {"0": 3, "13": 1}
+    assert by_status["0"].labels["request_protocol"] == "grpc"
+    # The message counters carry istio_requests_total's labels and count what crossed the waypoint.
+    for status, sent, received in (("0", 3, 3), ("13", 3, 0)):
+        labels = by_status[status].labels
+        got = [
+            next(s.value for s in samples(text, name) if s.labels == labels)
+            for name in ("istio_request_messages_total", "istio_response_messages_total")
+        ]
+        assert got == [sent, received], (status, got)

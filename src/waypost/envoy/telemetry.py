@@ -11,6 +11,21 @@ Where the labels come from:
 - source principal: the mTLS peer identity (filter state `io.istio.peer_principal`);
 - destination workload labels: metadata of the endpoint Envoy chose (`istio` namespace);
 - destination service: the chain's service, written literally into the chain's logger.
+
+When no endpoint was chosen (a request denied, unrouted or answered by the waypoint itself), Istio's
+waypoint writes `unknown` for every label of the destination workload (istio/proxy
+`source/extensions/filters/http/istio_stats/istio_stats.cc`, `Reporter::ServerGateway`: each one is
+`endpoint_peer ? … : unknown`). Envoy's `%UPSTREAM_METADATA%` prints `-` there, and a `%CEL(…)%` per label
+costs a CEL evaluation per label and per stat (28 per request: a third of a bare Envoy's throughput, measured).
+So each stats logger comes twice, selected by one CEL access-log filter each: with the endpoint's metadata,
+or with literal `unknown`s.
+
+gRPC message counts (`istio_request_messages_total`, `istio_response_messages_total`) come from Envoy's
+grpc_stats filter, which counts the frames of each stream and keeps the counts in filter state. Its object
+has no field access (`%FILTER_STATE(envoy.filters.http.grpc_stats:FIELD:request_message_count)%` prints
+`-`) and serializes as the text `"<request>,<response>"`, which neither a stats logger value nor Envoy's
+default CEL (no string functions) can split. A small Lua filter reads that text at the end of a gRPC
+response and writes both counts as numbers into dynamic metadata, which the stats logger reads.
 """
 
 from __future__ import annotations
@@ -22,8 +37,44 @@ from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Workload
 from .common import PEER_PRINCIPAL_KEY
 
 T_STATS_LOGGER = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
+T_STDOUT_LOGGER = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+T_CEL_LOG_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+T_GRPC_STATS = "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+T_LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 STAT_PREFIX = "istio"
 CLUSTER_NAME = "Kubernetes"
+UNKNOWN = "unknown"
+
+GRPC_STATS_FILTER = "envoy.filters.http.grpc_stats"
+GRPC_MESSAGES_FILTER = "waypost.grpc_messages"  # the Lua filter (a name of our own: there may be others)
+GRPC_MESSAGES_METADATA = "io.waypost.grpc"  # dynamic metadata namespace of the counts
+
+# An endpoint was chosen and it is a mesh workload (its metadata has the `istio` labels).
+ENDPOINT_KNOWN = "has(xds.upstream_host_metadata) && has(xds.upstream_host_metadata.filter_metadata.istio)"
+
+# Runs on the response path after grpc_stats (it sits before it in the chain): waits for the end of a gRPC
+# response (`trailers()` lets the body stream through), then turns grpc_stats' "<req>,<resp>" into numbers.
+# A stream grpc_stats counted nothing on (a request denied before its body) gets no counts, as in Istio.
+GRPC_MESSAGES_LUA = f"""\
+function envoy_on_response(handle)
+  local content_type = handle:headers():get("content-type")
+  if content_type == nil or string.sub(content_type, 1, 16) ~= "application/grpc" then
+    return
+  end
+  handle:trailers()
+  local counts = handle:streamInfo():filterState():get("{GRPC_STATS_FILTER}")
+  if counts == nil then
+    return
+  end
+  local request, response = string.match(counts, "^(%d+),(%d+)$")
+  if request == nil then
+    return
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set("{GRPC_MESSAGES_METADATA}", "request_messages", tonumber(request))
+  metadata:set("{GRPC_MESSAGES_METADATA}", "response_messages", tonumber(response))
+end
+"""
 
 # Headers the source ztunnel puts on the CONNECT, and the filter-state keys the waypoint keeps them in.
 SOURCE_LABELS = ("workload", "workload_namespace", "app", "version", "canonical_service", "canonical_revision")
@@ -124,29 +175,50 @@ def _upstream(key: str) -> str:
     return f"%UPSTREAM_METADATA(istio:{key})%"
 
 
-def _destination_tags(service: Service | None) -> list[dict[str, str]]:
+def _destination_tags(service: Service | None, endpoint_known: bool = True) -> list[dict[str, str]]:
+    """The destination labels; without a chosen mesh endpoint, its workload labels are `unknown`."""
+
+    def workload(key: str) -> str:
+        return _upstream(key) if endpoint_known else UNKNOWN
+
     tags = [
-        ("destination_workload", _upstream("workload")),
-        ("destination_workload_namespace", _upstream("workload_namespace")),
-        ("destination_principal", _upstream("principal")),
-        ("destination_app", _upstream("app")),
-        ("destination_version", _upstream("version")),
-        ("destination_service", service.fqdn if service else "unknown"),
-        ("destination_canonical_service", _upstream("canonical_service")),
-        ("destination_canonical_revision", _upstream("canonical_revision")),
-        ("destination_service_name", service.name if service else "unknown"),
-        ("destination_service_namespace", service.namespace if service else "unknown"),
-        ("destination_cluster", CLUSTER_NAME),
+        ("destination_workload", workload("workload")),
+        ("destination_workload_namespace", workload("workload_namespace")),
+        ("destination_principal", workload("principal")),
+        ("destination_app", workload("app")),
+        ("destination_version", workload("version")),
+        ("destination_service", service.fqdn if service else UNKNOWN),
+        ("destination_canonical_service", workload("canonical_service")),
+        ("destination_canonical_revision", workload("canonical_revision")),
+        ("destination_service_name", service.name if service else UNKNOWN),
+        ("destination_service_namespace", service.namespace if service else UNKNOWN),
+        # The endpoint's cluster, like its other labels (istio_stats.cc: `endpoint_peer ? … : unknown`).
+        ("destination_cluster", CLUSTER_NAME if endpoint_known else UNKNOWN),
     ]
     return [{"name": k, "value_format": v} for k, v in tags]
 
 
-def http_access_log(reporter: str, service: Service | None, protocol: str) -> list[dict[str, Any]]:
-    """istio_requests_total and the request duration/size histograms (one stats logger), plus the text log."""
-    tags = (
+def _endpoint_filter(endpoint_known: bool) -> dict[str, Any]:
+    """Access-log filter: the stream chose a mesh endpoint (or, with False, did not)."""
+    expression = ENDPOINT_KNOWN if endpoint_known else f"!({ENDPOINT_KNOWN})"
+    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": T_CEL_LOG_FILTER, "expression": expression}}}
+
+
+def _grpc_messages_counted() -> dict[str, Any]:
+    """Access-log filter: the Lua filter wrote the stream's message counts (a gRPC stream grpc_stats saw)."""
+    return {
+        "metadata_filter": {
+            "matcher": {"filter": GRPC_MESSAGES_METADATA, "path": [{"key": "request_messages"}], "value": {"present_match": True}},
+            "match_if_key_not_found": False,
+        }
+    }
+
+
+def _http_tags(reporter: str, service: Service | None, protocol: str, endpoint_known: bool) -> list[dict[str, str]]:
+    return (
         [{"name": "reporter", "value_format": reporter}]
         + _source_tags()
-        + _destination_tags(service)
+        + _destination_tags(service, endpoint_known)
         + [
             {"name": "request_protocol", "value_format": protocol},
             {"name": "response_code", "value_format": "%RESPONSE_CODE%"},
@@ -157,54 +229,99 @@ def http_access_log(reporter: str, service: Service | None, protocol: str) -> li
             {"name": "connection_security_policy", "value_format": "mutual_tls"},
         ]
     )
-    return [
-        {
-            "name": "istio.stats",
-            "typed_config": {
-                "@type": T_STATS_LOGGER,
-                "stat_prefix": STAT_PREFIX,
-                "counters": [{"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1}],
-                "histograms": [
-                    {"stat": {"name": "request_duration_milliseconds", "tags": tags}, "unit": "Milliseconds", "value_format": "%DURATION%"},
-                    {"stat": {"name": "request_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_RECEIVED%"},
-                    {"stat": {"name": "response_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_SENT%"},
-                ],
-            },
-        }
-    ] + text_access_log()
+
+
+def http_access_log(reporter: str, service: Service | None, protocol: str) -> list[dict[str, Any]]:
+    """The HTTP metrics, plus the text log.
+
+    Per destination variant (endpoint chosen or not): one stats logger for istio_requests_total and the
+    request duration/size histograms and, on gRPC chains, one for the gRPC message counters, which only
+    logs streams whose counts the Lua filter wrote (so plain HTTP requests get no message series). HTTP
+    chains have none: their series say request_protocol="http" (the protocol is the chain's), and the two
+    loggers would cost every HTTP request a filter evaluation each.
+    """
+    loggers = []
+    for known in (True, False):
+        tags = _http_tags(reporter, service, protocol, known)
+        suffix = "" if known else ".unknown_destination"
+        loggers.append(
+            {
+                "name": f"istio.stats{suffix}",
+                "filter": _endpoint_filter(known),
+                "typed_config": {
+                    "@type": T_STATS_LOGGER,
+                    "stat_prefix": STAT_PREFIX,
+                    "counters": [{"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1}],
+                    "histograms": [
+                        {"stat": {"name": "request_duration_milliseconds", "tags": tags}, "unit": "Milliseconds", "value_format": "%DURATION%"},
+                        {"stat": {"name": "request_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_RECEIVED%"},
+                        {"stat": {"name": "response_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_SENT%"},
+                    ],
+                },
+            }
+        )
+        if protocol != "grpc":
+            continue
+        loggers.append(
+            {
+                "name": f"istio.stats.grpc_messages{suffix}",
+                # The metadata check first: and_filter stops at the first false, so HTTP requests skip the CEL.
+                "filter": {"and_filter": {"filters": [_grpc_messages_counted(), _endpoint_filter(known)]}},
+                "typed_config": {
+                    "@type": T_STATS_LOGGER,
+                    "stat_prefix": STAT_PREFIX,
+                    "counters": [
+                        {"stat": {"name": f"{direction}_messages_total", "tags": tags}, "value_format": f"%DYNAMIC_METADATA({GRPC_MESSAGES_METADATA}:{direction}_messages)%"}
+                        for direction in ("request", "response")
+                    ],
+                },
+            }
+        )
+    return loggers + text_access_log()
 
 
 def tcp_access_log(reporter: str, service: Service | None, destination: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """istio_tcp_* counters from tcp_proxy's access log: opened when connected, the rest at the end."""
-    dest_tags = _destination_tags(service)
-    if destination is not None:  # the destination ztunnel knows its pod: literal labels
-        dest_tags = [{"name": t["name"], "value_format": destination.get(t["name"], t["value_format"])} for t in dest_tags]
-    tags = [{"name": "reporter", "value_format": reporter}] + _source_tags() + dest_tags + [
-        {"name": "request_protocol", "value_format": "tcp"},
-        {"name": "response_flags", "value_format": "%RESPONSE_FLAGS%"},
-        {"name": "connection_security_policy", "value_format": "mutual_tls"},
-    ]
+    """istio_tcp_* counters from tcp_proxy's access log: opened when connected, the rest at the end.
 
-    def logger(name: str, log_type: str, counters: list[dict[str, Any]]) -> dict[str, Any]:
+    The destination ztunnel knows its pod (`destination`: literal labels); a waypoint's labels come from
+    the chosen endpoint, with the `unknown` variant for connections that got none (as for HTTP).
+    """
+    variants: list[tuple[str, list[dict[str, str]], dict[str, Any] | None]] = []
+    if destination is not None:
+        literal = [{"name": t["name"], "value_format": destination.get(t["name"], t["value_format"])} for t in _destination_tags(service)]
+        variants.append(("", literal, None))
+    else:
+        variants += [("", _destination_tags(service, True), _endpoint_filter(True)), (".unknown_destination", _destination_tags(service, False), _endpoint_filter(False))]
+
+    def logger(name: str, log_type: str, counters: list[dict[str, Any]], endpoint: dict[str, Any] | None) -> dict[str, Any]:
+        by_type = {"log_type_filter": {"types": [log_type]}}
         return {
             "name": name,
-            "filter": {"log_type_filter": {"types": [log_type]}},
+            "filter": {"and_filter": {"filters": [by_type, endpoint]}} if endpoint else by_type,
             "typed_config": {"@type": T_STATS_LOGGER, "stat_prefix": STAT_PREFIX, "counters": counters},
         }
 
-    return [
-        logger("istio.tcp.open", "TcpUpstreamConnected", [{"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1}]),
-        logger(
-            "istio.tcp.close",
-            "TcpConnectionEnd",
-            [
-                {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1},
-                {"stat": {"name": "tcp_sent_bytes_total", "tags": tags}, "value_format": "%BYTES_SENT%"},
-                {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, "value_format": "%BYTES_RECEIVED%"},
-            ],
-        ),
-        {**text_access_log()[0], "filter": {"log_type_filter": {"types": ["TcpConnectionEnd"]}}},
-    ]
+    loggers = []
+    for suffix, dest_tags, endpoint in variants:
+        tags = [{"name": "reporter", "value_format": reporter}] + _source_tags() + dest_tags + [
+            {"name": "request_protocol", "value_format": "tcp"},
+            {"name": "response_flags", "value_format": "%RESPONSE_FLAGS%"},
+            {"name": "connection_security_policy", "value_format": "mutual_tls"},
+        ]
+        loggers.append(logger(f"istio.tcp.open{suffix}", "TcpUpstreamConnected", [{"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1}], endpoint))
+        loggers.append(
+            logger(
+                f"istio.tcp.close{suffix}",
+                "TcpConnectionEnd",
+                [
+                    {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1},
+                    {"stat": {"name": "tcp_sent_bytes_total", "tags": tags}, "value_format": "%BYTES_SENT%"},
+                    {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, "value_format": "%BYTES_RECEIVED%"},
+                ],
+                endpoint,
+            )
+        )
+    return loggers + [{**text_access_log()[0], "filter": {"log_type_filter": {"types": ["TcpConnectionEnd"]}}}]
 
 
 def destination_literals(workload: Workload, service: Service | None = None) -> dict[str, str]:
@@ -220,7 +337,8 @@ def destination_literals(workload: Workload, service: Service | None = None) -> 
     }
 
 
-# Istio's default access-log text format (MeshConfig accessLogFormat default), for HTTP and TCP.
+# Istio's default access-log text format (MeshConfig accessLogFormat default), for HTTP and TCP
+# (istio/istio pilot/pkg/model/telemetry_logging.go, EnvoyTextLogFormat).
 ACCESS_LOG_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% '
     '%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% '
@@ -228,6 +346,38 @@ ACCESS_LOG_FORMAT = (
     '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% '
     "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
 )
+
+
+# Istio's default JSON access log (MeshConfig accessLogEncoding JSON): the same operators as the text
+# format under Istio's key names (telemetry_logging.go, EnvoyJSONLogFormatIstio). The
+# deny reason is in `response_code_details`, as in the text format.
+ACCESS_LOG_JSON_FORMAT = {
+    "start_time": "%START_TIME%",
+    "route_name": "%ROUTE_NAME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+STDOUT_LOGGER = "envoy.access_loggers.stdout"
 
 
 def text_access_log() -> list[dict[str, Any]]:
@@ -238,15 +388,59 @@ def text_access_log() -> list[dict[str, Any]]:
     """
     return [
         {
-            "name": "envoy.access_loggers.stdout",
+            "name": STDOUT_LOGGER,
+            "typed_config": {"@type": T_STDOUT_LOGGER, "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}},
+        }
+    ]
+
+
+def json_access_log() -> list[dict[str, Any]]:
+    """As `text_access_log`, one JSON object a line (Envoy ends each with a newline itself).
+
+    The options are Istio's (`JsonFormatOptions{SortProperties: false}`), but the format travels as a
+    protobuf Struct, a map, so no order survives: Envoy 1.40 prints the keys alphabetically. It renders
+    numbers (response_code, bytes, duration) as JSON numbers and an absent value as null.
+    """
+    return [
+        {
+            "name": STDOUT_LOGGER,
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                "@type": T_STDOUT_LOGGER,
+                "log_format": {"json_format": dict(ACCESS_LOG_JSON_FORMAT), "json_format_options": {"sort_properties": False}},
             },
         }
     ]
 
 
 def http_filters() -> list[dict[str, Any]]:
-    """HTTP filters the waypoint's telemetry needs, placed just before the router (Istio's stats position)."""
-    return []
+    """HTTP filters the waypoint's telemetry needs, placed just before the router (Istio's stats position).
+
+    grpc_stats counts each gRPC stream's messages into filter state (`emit_filter_state`); with
+    `stats_for_all_methods` off it keeps no per-method stats, whose names a client would choose. The Lua
+    filter comes first so that, on the response path, it runs after grpc_stats has counted.
+    """
+    return [
+        {"name": GRPC_MESSAGES_FILTER, "typed_config": {"@type": T_LUA, "default_source_code": {"inline_string": GRPC_MESSAGES_LUA}}},
+        {"name": GRPC_STATS_FILTER, "typed_config": {"@type": T_GRPC_STATS, "emit_filter_state": True, "stats_for_all_methods": False}},
+    ]
+
+
+TELEMETRY_HTTP_FILTERS = frozenset({GRPC_MESSAGES_FILTER, GRPC_STATS_FILTER})
+
+
+def without_metrics(resource: Any) -> Any:
+    """A copy of an Envoy resource (listener, …) with every metrics piece of this module taken out: the
+    stats access loggers and the telemetry HTTP filters. Text/JSON access logs stay. For measuring what
+    the metrics cost (bench/metrics_cost.py); the product never serves this."""
+    if isinstance(resource, list):
+        return [without_metrics(v) for v in resource]
+    if not isinstance(resource, dict):
+        return resource
+    out = {}
+    for key, value in resource.items():
+        if key == "access_log" and isinstance(value, list):
+            value = [entry for entry in value if entry.get("typed_config", {}).get("@type") != T_STATS_LOGGER]
+        elif key == "http_filters" and isinstance(value, list):
+            value = [f for f in value if f.get("name") not in TELEMETRY_HTTP_FILTERS]
+        out[key] = without_metrics(value)
+    return out

@@ -61,8 +61,13 @@ def _labels(snapshot: MeshSnapshot | None, endpoint: Endpoint) -> dict[str, str]
     return telemetry.endpoint_metadata(snapshot, endpoint) if snapshot is not None else None
 
 
-def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None, late: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """An HCM with the authn/authz filters first, then CORS, then `late` (STATS/UNSPECIFIED extensions)."""
+def _hcm(
+    stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None,
+    late: list[dict[str, Any]] | None = None, grpc: bool = False,
+) -> dict[str, Any]:
+    """An HCM with the authn/authz filters first, then CORS, then `late` (STATS/UNSPECIFIED extensions).
+
+    gRPC chains also count messages (telemetry's filters); other chains do not pay for that."""
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -80,7 +85,7 @@ def _hcm(stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], a
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
                 *(late or []),
-                *telemetry.http_filters(),
+                *(telemetry.http_filters() if grpc else []),
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
             ],
         },
@@ -221,7 +226,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp)), http_late),
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp)), http_late,
+                        grpc=_protocol(snapshot, service, sp) == "grpc"),
                     tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service))],
                 )
             )
