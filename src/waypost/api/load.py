@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security
+from . import core, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security, telemetry
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -41,6 +41,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         security.RequestAuthentication,
         extensions.WasmPlugin,
         extensions.TrafficExtension,
+        telemetry.Telemetry,
     )
 }
 
@@ -53,7 +54,6 @@ NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("networking.istio.io", "DestinationRule"): "networking",
     ("networking.istio.io", "Sidecar"): "networking",
     ("networking.istio.io", "WorkloadGroup"): "networking",
-    ("telemetry.istio.io", "Telemetry"): "telemetry",
     ("gateway.networking.k8s.io", "UDPRoute"): "routing",
     ("gateway.networking.k8s.io", "BackendTLSPolicy"): "routing",
 }

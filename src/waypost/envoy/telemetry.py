@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Workload
+from waypost.mesh.telemetry import ChainTelemetry
 
 from .common import PEER_PRINCIPAL_KEY
 
@@ -231,56 +232,97 @@ def _http_tags(reporter: str, service: Service | None, protocol: str, endpoint_k
     )
 
 
-def http_access_log(reporter: str, service: Service | None, protocol: str) -> list[dict[str, Any]]:
-    """The HTTP metrics, plus the text log.
+def http_access_log(
+    reporter: str, service: Service | None, protocol: str, chain: ChainTelemetry | None = None, mesh: Any = None
+) -> list[dict[str, Any]]:
+    """The HTTP metrics, plus the access log.
 
     Per destination variant (endpoint chosen or not): one stats logger for istio_requests_total and the
     request duration/size histograms and, on gRPC chains, one for the gRPC message counters, which only
     logs streams whose counts the Lua filter wrote (so plain HTTP requests get no message series). HTTP
     chains have none: their series say request_protocol="http" (the protocol is the chain's), and the two
     loggers would cost every HTTP request a filter evaluation each.
+
+    `chain` is what the Telemetry API says for this chain (metric overrides, access logging); `mesh` the
+    MeshConfig (access-log providers and the legacy accessLogFile/Encoding/Format).
     """
+    chain = chain or ChainTelemetry()
     loggers = []
-    for known in (True, False):
+    for known in (True, False) if chain.metrics else ():
         tags = _http_tags(reporter, service, protocol, known)
         suffix = "" if known else ".unknown_destination"
-        loggers.append(
-            {
-                "name": f"istio.stats{suffix}",
-                "filter": _endpoint_filter(known),
-                "typed_config": {
-                    "@type": T_STATS_LOGGER,
-                    "stat_prefix": STAT_PREFIX,
-                    "counters": [{"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1}],
-                    "histograms": [
-                        {"stat": {"name": "request_duration_milliseconds", "tags": tags}, "unit": "Milliseconds", "value_format": "%DURATION%"},
-                        {"stat": {"name": "request_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_RECEIVED%"},
-                        {"stat": {"name": "response_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_SENT%"},
-                    ],
-                },
-            }
-        )
+        counters = _stats(chain, [("REQUEST_COUNT", {"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1})])
+        histograms = _stats(chain, [
+            ("REQUEST_DURATION", {"stat": {"name": "request_duration_milliseconds", "tags": tags}, "unit": "Milliseconds", "value_format": "%DURATION%"}),
+            ("REQUEST_SIZE", {"stat": {"name": "request_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_RECEIVED%"}),
+            ("RESPONSE_SIZE", {"stat": {"name": "response_bytes", "tags": tags}, "unit": "Bytes", "value_format": "%BYTES_SENT%"}),
+        ])
+        if counters or histograms:
+            loggers.append(
+                {
+                    "name": f"istio.stats{suffix}",
+                    "filter": _endpoint_filter(known),
+                    "typed_config": {
+                        "@type": T_STATS_LOGGER,
+                        "stat_prefix": STAT_PREFIX,
+                        **({"counters": counters} if counters else {}),
+                        **({"histograms": histograms} if histograms else {}),
+                    },
+                }
+            )
         if protocol != "grpc":
             continue
-        loggers.append(
-            {
-                "name": f"istio.stats.grpc_messages{suffix}",
-                # The metadata check first: and_filter stops at the first false, so HTTP requests skip the CEL.
-                "filter": {"and_filter": {"filters": [_grpc_messages_counted(), _endpoint_filter(known)]}},
-                "typed_config": {
-                    "@type": T_STATS_LOGGER,
-                    "stat_prefix": STAT_PREFIX,
-                    "counters": [
-                        {"stat": {"name": f"{direction}_messages_total", "tags": tags}, "value_format": f"%DYNAMIC_METADATA({GRPC_MESSAGES_METADATA}:{direction}_messages)%"}
-                        for direction in ("request", "response")
-                    ],
-                },
-            }
-        )
-    return loggers + text_access_log()
+        messages = _stats(chain, [
+            (metric, {"stat": {"name": f"{direction}_messages_total", "tags": tags}, "value_format": f"%DYNAMIC_METADATA({GRPC_MESSAGES_METADATA}:{direction}_messages)%"})
+            for metric, direction in (("GRPC_REQUEST_MESSAGES", "request"), ("GRPC_RESPONSE_MESSAGES", "response"))
+        ])
+        if messages:
+            loggers.append(
+                {
+                    "name": f"istio.stats.grpc_messages{suffix}",
+                    # The metadata check first: and_filter stops at the first false, so HTTP requests skip the CEL.
+                    "filter": {"and_filter": {"filters": [_grpc_messages_counted(), _endpoint_filter(known)]}},
+                    "typed_config": {"@type": T_STATS_LOGGER, "stat_prefix": STAT_PREFIX, "counters": messages},
+                }
+            )
+    return loggers + access_logs(chain, mesh)
 
 
-def tcp_access_log(reporter: str, service: Service | None, destination: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def _stats(chain: ChainTelemetry, stats: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The stats the Telemetry API leaves enabled, with their tag overrides applied."""
+    out = []
+    for metric, stat in stats:
+        override = chain.override(metric)
+        if override.disabled:
+            continue
+        if override.tags:
+            stat = {**stat, "stat": {**stat["stat"], "tags": _override_tags(stat["stat"]["tags"], override.tags)}}
+        out.append(stat)
+    return out
+
+
+def _override_tags(tags: list[dict[str, str]], overrides: tuple[tuple[str, bool, str], ...]) -> list[dict[str, str]]:
+    """Telemetry tagOverrides: REMOVE drops a label, UPSERT sets it to a CEL expression's value."""
+    out = {t["name"]: t for t in tags}
+    for name, remove, value in overrides:
+        if remove:
+            out.pop(name, None)
+        else:
+            out[name] = {"name": name, "value_format": _cel_format(value)}
+    return list(out.values())
+
+
+def _cel_format(expression: str) -> str:
+    """A CEL expression as a format string; a plain string literal needs no evaluation per request."""
+    text = expression.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and text[0] not in text[1:-1] and "\\" not in text and "%" not in text:
+        return text[1:-1]
+    return f"%CEL({text})%"
+
+
+def tcp_access_log(
+    reporter: str, service: Service | None, destination: dict[str, str] | None = None, chain: ChainTelemetry | None = None, mesh: Any = None
+) -> list[dict[str, Any]]:
     """istio_tcp_* counters from tcp_proxy's access log: opened when connected, the rest at the end.
 
     The destination ztunnel knows its pod (`destination`: literal labels); a waypoint's labels come from
@@ -301,27 +343,29 @@ def tcp_access_log(reporter: str, service: Service | None, destination: dict[str
             "typed_config": {"@type": T_STATS_LOGGER, "stat_prefix": STAT_PREFIX, "counters": counters},
         }
 
+    chain = chain or ChainTelemetry()
     loggers = []
-    for suffix, dest_tags, endpoint in variants:
+    for suffix, dest_tags, endpoint in variants if chain.metrics else ():
         tags = [{"name": "reporter", "value_format": reporter}] + _source_tags() + dest_tags + [
             {"name": "request_protocol", "value_format": "tcp"},
             {"name": "response_flags", "value_format": "%RESPONSE_FLAGS%"},
             {"name": "connection_security_policy", "value_format": "mutual_tls"},
         ]
-        loggers.append(logger(f"istio.tcp.open{suffix}", "TcpUpstreamConnected", [{"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1}], endpoint))
-        loggers.append(
-            logger(
-                f"istio.tcp.close{suffix}",
-                "TcpConnectionEnd",
-                [
-                    {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1},
-                    {"stat": {"name": "tcp_sent_bytes_total", "tags": tags}, "value_format": "%BYTES_SENT%"},
-                    {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, "value_format": "%BYTES_RECEIVED%"},
-                ],
-                endpoint,
-            )
-        )
-    return loggers + [{**text_access_log()[0], "filter": {"log_type_filter": {"types": ["TcpConnectionEnd"]}}}]
+        opened = _stats(chain, [("TCP_OPENED_CONNECTIONS", {"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1})])
+        if opened:
+            loggers.append(logger(f"istio.tcp.open{suffix}", "TcpUpstreamConnected", opened, endpoint))
+        closed = _stats(chain, [
+            ("TCP_CLOSED_CONNECTIONS", {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1}),
+            ("TCP_SENT_BYTES", {"stat": {"name": "tcp_sent_bytes_total", "tags": tags}, "value_format": "%BYTES_SENT%"}),
+            ("TCP_RECEIVED_BYTES", {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, "value_format": "%BYTES_RECEIVED%"}),
+        ])
+        if closed:
+            loggers.append(logger(f"istio.tcp.close{suffix}", "TcpConnectionEnd", closed, endpoint))
+    end_of_connection = {"log_type_filter": {"types": ["TcpConnectionEnd"]}}
+    return loggers + [
+        {**log, "filter": {"and_filter": {"filters": [end_of_connection, log["filter"]]}} if "filter" in log else end_of_connection}
+        for log in access_logs(chain, mesh)
+    ]
 
 
 def destination_literals(workload: Workload, service: Service | None = None) -> dict[str, str]:
@@ -392,6 +436,72 @@ def text_access_log() -> list[dict[str, Any]]:
             "typed_config": {"@type": T_STDOUT_LOGGER, "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}},
         }
     ]
+
+
+DEFAULT_ACCESS_LOG_FILE = "/dev/stdout"  # waypost's default, as Istio's demo profile: access logs on
+ENVOY_PROVIDER = "envoy"  # Istio's built-in provider: envoyFileAccessLog to /dev/stdout, default format
+
+
+def access_logs(chain: ChainTelemetry, mesh: Any) -> list[dict[str, Any]]:
+    """The access loggers of a chain: the Telemetry API's providers, else MeshConfig's legacy settings.
+
+    Without any Telemetry access logging, Istio falls back to MeshConfig `accessLogFile` (waypost's default
+    `/dev/stdout`, as Istio's demo profile; `""` turns logs off), `accessLogEncoding` (TEXT or JSON) and
+    `accessLogFormat`. With Telemetry, each enabled provider that is an `envoyFileAccessLog` (or Istio's
+    built-in `envoy`) gets a logger, with the entry's CEL `filter`.
+    """
+    if chain.logging is None:
+        path = DEFAULT_ACCESS_LOG_FILE if mesh is None or mesh.access_log_file is None else mesh.access_log_file
+        if not path:
+            return []
+        json = mesh is not None and mesh.access_log_encoding == "JSON"
+        return [_file_logger(path, json_format=None if not json else _json_labels(mesh.access_log_format), text=None if json else mesh and mesh.access_log_format)]
+    out = []
+    for entry in chain.logging:
+        if entry.disabled:
+            continue
+        provider = mesh.provider(entry.name) if mesh is not None else None
+        if provider is None and entry.name == ENVOY_PROVIDER:
+            logger = _file_logger(DEFAULT_ACCESS_LOG_FILE)
+        elif provider is not None and provider.envoy_file_access_log is not None:
+            fal = provider.envoy_file_access_log
+            fmt = fal.log_format or {}
+            logger = _file_logger(fal.path or DEFAULT_ACCESS_LOG_FILE, json_format=fmt.get("labels") if "labels" in fmt else None, text=fmt.get("text"))
+        else:
+            continue  # not an access-log provider waypost can run (the Telemetry's status says so)
+        if entry.filter:
+            logger["filter"] = {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": T_CEL_LOG_FILTER, "expression": entry.filter}}}
+        logger["name"] = f"{STDOUT_LOGGER}.{entry.name}" if entry.name != ENVOY_PROVIDER else STDOUT_LOGGER
+        out.append(logger)
+    return out
+
+
+def _json_labels(custom: str | None) -> dict[str, Any]:
+    # MeshConfig accessLogFormat with JSON encoding is a JSON object of labels (Istio parses it the same way).
+    if custom:
+        import json as _json
+
+        try:
+            parsed = _json.loads(custom)
+            if isinstance(parsed, dict):
+                return parsed
+        except ValueError:
+            pass
+    return dict(ACCESS_LOG_JSON_FORMAT)
+
+
+def _file_logger(path: str, json_format: dict[str, Any] | None = None, text: str | None = None) -> dict[str, Any]:
+    if json_format is not None:
+        log_format: dict[str, Any] = {"json_format": json_format, "json_format_options": {"sort_properties": False}}
+    else:
+        fmt = text or ACCESS_LOG_FORMAT
+        log_format = {"text_format_source": {"inline_string": fmt if fmt.endswith("\n") else fmt + "\n"}}
+    if path == DEFAULT_ACCESS_LOG_FILE:
+        return {"name": STDOUT_LOGGER, "typed_config": {"@type": T_STDOUT_LOGGER, "log_format": log_format}}
+    return {
+        "name": STDOUT_LOGGER,
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": path, "log_format": log_format},
+    }
 
 
 def json_access_log() -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from waypost.mesh import policies as authz
 
 from . import common as c
 from . import extauthz, extensions, jwt, rbac, routing, telemetry
+from waypost.mesh import telemetry as telemetry_api
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
@@ -181,6 +182,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
     for service in served_services(snapshot, waypoint):
         chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
         chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace), dict(snapshot.jwks_documents))
+        observed = telemetry_api.for_chain(snapshot, waypoint, service)
         custom_http, custom_tcp = extauthz.http_filters(chain_policies, snapshot), extauthz.network_filters(chain_policies, snapshot)
         rbac_http, rbac_tcp = rbac.http_filters(chain_policies), rbac.network_filters(chain_policies)
         add_authz_clusters(chain_policies)
@@ -226,14 +228,15 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{service.fqdn}:{sp.port}",
                     match,
                     sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp)), http_late,
+                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp), observed, snapshot.mesh_config), http_late,
                         grpc=_protocol(snapshot, service, sp) == "grpc"),
-                    tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service))],
+                    tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service, chain=observed, mesh=snapshot.mesh_config))],
                 )
             )
 
     workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
     workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace), dict(snapshot.jwks_documents))
+    workload_observed = telemetry_api.for_chain(snapshot, waypoint, None)
     workload_custom_http, workload_custom_tcp = extauthz.http_filters(workload_policies, snapshot), extauthz.network_filters(workload_policies, snapshot)
     workload_rbac_http, workload_rbac_tcp = rbac.http_filters(workload_policies), rbac.network_filters(workload_policies)
     if served_workloads(snapshot, waypoint):
@@ -262,8 +265,8 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     f"{workload.address}:{wp.port}",
                     {"prefix_ranges": [c.host_prefix(workload.address)], "destination_port": wp.port},
                     protocol,
-                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_http_authz, telemetry.http_access_log("waypoint", None, "http"), workload_http_late),
-                    workload_tcp_authz + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None))],
+                    _hcm(f"inbound_pod_{workload.address}_{wp.port}", {"route_config": routing.default_route_config(f"{workload.address}:{wp.port}", http_cluster)}, workload_http_authz, telemetry.http_access_log("waypoint", None, "http", workload_observed, snapshot.mesh_config), workload_http_late),
+                    workload_tcp_authz + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None, chain=workload_observed, mesh=snapshot.mesh_config))],
                 )
             )
 

@@ -201,7 +201,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
             # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
             authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
-            inbound_log = telemetry.tcp_access_log("destination", None, telemetry.destination_literals(pod))
+            inbound_log = telemetry.tcp_access_log("destination", None, telemetry.destination_literals(pod), mesh=snapshot.mesh_config)
             chains.append(
                 {
                     "name": f"inbound_plain|{pod.address}:{port}",

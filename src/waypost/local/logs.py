@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 _MATCHED = re.compile(r"rbac_access_denied_matched_policy\[(?:ns\[([^\]]*)\]-policy\[([^\]]*)\]-(rule|group)\[(\d+)\]|none)\]")
@@ -19,11 +20,24 @@ def deny_reason(details: str) -> str | None:
 
 
 def readable(line: str) -> str:
-    """Appends the deny reason to an access-log line that has one; other lines are unchanged."""
+    """Appends the deny reason to an access-log line that has one; other lines are unchanged.
+
+    A JSON line (MeshConfig accessLogEncoding JSON) gets it as a `deny_reason` field instead."""
     reason = deny_reason(line)
-    return f"{line}  # {reason}" if reason else line
+    if not reason:
+        return line
+    if line.startswith("{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return f"{line}  # {reason}"
+        return json.dumps({**entry, "deny_reason": reason}, separators=(",", ":"))
+    return f"{line}  # {reason}"
 
 
 def is_access_log(line: str) -> bool:
-    """Access-log lines start with `[<ISO time>Z] "`; Envoy's own log lines with `[<date> <time>][pid]`."""
+    """Text access-log lines start with `[<ISO time>Z] "`, JSON ones are objects with a start_time;
+    Envoy's own log lines start with `[<date> <time>][pid]`."""
+    if line.startswith("{") and '"start_time"' in line:
+        return True
     return bool(re.match(r'^\[\d{4}-\d\d-\d\dT[^\]]+\] "', line))

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from waypost.api.core import ConfigMap, Deployment, Namespace, Pod, Service as ServiceResource
 from waypost.api.extensions import TrafficExtension, WasmPlugin
+from waypost.api.telemetry import Telemetry
 from waypost.api.gateway import Gateway, GatewayClass
 from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute
@@ -248,6 +249,8 @@ def build(
     statuses.extend(authz.statuses(policies, waypoints, services, root_namespace))
     extensions = sorted([*of(WasmPlugin), *of(TrafficExtension)], key=lambda e: (e.namespace, e.name, e.KIND))
     statuses.extend(authz.extension_statuses(extensions, waypoints, services, root_namespace))
+    telemetries = sorted(of(Telemetry), key=lambda t: (t.namespace, t.name))
+    statuses.extend(authz.telemetry_statuses(telemetries, waypoints, services, root_namespace, mesh))
     return MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
@@ -262,6 +265,7 @@ def build(
         root_namespace=root_namespace,
         authz_providers=resolve_authz_providers(mesh, tuple(services.values())),
         extensions=tuple(extensions),
+        telemetries=tuple(telemetries),
         mesh_config=mesh,
     )
 

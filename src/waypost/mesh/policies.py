@@ -170,3 +170,32 @@ def extension_statuses(extensions: Sequence, waypoints: Mapping[WaypointRef, Way
             )
         out.append(ResourceStatus(e.KIND, e.namespace, e.name, (condition,)))
     return out
+
+
+def telemetry_statuses(telemetries: Sequence, waypoints: Mapping[WaypointRef, Waypoint], services: Mapping[str, Service], root_namespace: str, mesh) -> list[ResourceStatus]:
+    """Telemetry: `Accepted` says where it applies, and names what waypost does not act on (tracing, providers
+    that are not Prometheus or file access logs). Istio writes no status for Telemetry."""
+    out = []
+    for t in telemetries:
+        if t.spec.targets:
+            bound = waypoint_condition(t, waypoints, services, root_namespace)
+            condition = Condition("Accepted", bound.status, bound.reason, bound.message)
+        elif t.spec.selector is not None and t.spec.selector.match_labels:
+            condition = Condition("Accepted", "False", "NotWaypointAttached", "attached by selector, which applies to sidecars only: use targetRefs, or a namespace-wide Telemetry")
+        elif t.namespace == root_namespace:
+            condition = Condition("Accepted", "True", "Accepted", "mesh-wide (root namespace)")
+        else:
+            condition = Condition("Accepted", "True", "Accepted", f"namespace-wide: waypoints in, and services of, namespace {t.namespace}")
+        ignored = []
+        if t.spec.tracing:
+            ignored.append("tracing (waypost exports no traces)")
+        known = {"prometheus", "envoy"} | {p.name for p in (mesh.extension_providers if mesh is not None else []) if p.envoy_file_access_log is not None}
+        for name in sorted({p.name for m in t.spec.metrics for p in m.providers} - {"prometheus"}):
+            ignored.append(f"metrics provider {name!r} (only prometheus)")
+        for name in sorted({p.name for a in t.spec.access_logging for p in a.providers} - known):
+            ignored.append(f"access-log provider {name!r} (not an envoyFileAccessLog provider of MeshConfig)")
+        conditions = [condition]
+        if ignored:
+            conditions.append(Condition("Ignored", "True", "UnsupportedValue", "not applied: " + "; ".join(ignored)))
+        out.append(ResourceStatus("Telemetry", t.namespace, t.name, tuple(conditions)))
+    return out
