@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import core, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security, telemetry
+from . import core, envoyfilter, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security, telemetry
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -42,6 +42,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         extensions.WasmPlugin,
         extensions.TrafficExtension,
         telemetry.Telemetry,
+        envoyfilter.EnvoyFilter,
     )
 }
 
@@ -49,7 +50,6 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("security.istio.io", "PeerAuthentication"): "security",
-    ("networking.istio.io", "EnvoyFilter"): "extension",
     ("networking.istio.io", "VirtualService"): "networking",
     ("networking.istio.io", "DestinationRule"): "networking",
     ("networking.istio.io", "Sidecar"): "networking",
@@ -239,6 +239,10 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
             result.diagnostics.extend(error(filename, at, message, field=path, **where) for path, at, message in problems)
             return result
     result.resources.append(resource)
+    if isinstance(resource, envoyfilter.EnvoyFilter):
+        result.diagnostics.extend(
+            warning(filename, _line_for(lines, tuple(path.split(".")), line), message, field=path, **where) for path, message in resource.warnings()
+        )
     return result
 
 

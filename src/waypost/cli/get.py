@@ -29,6 +29,10 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "ServiceEntry": (("serviceentry", "serviceentries", "se"), True),
     "RequestAuthentication": (("requestauthentication", "requestauthentications", "ra"), True),
     "AuthorizationPolicy": (("authorizationpolicy", "authorizationpolicies", "ap"), True),
+    "WasmPlugin": (("wasmplugin", "wasmplugins"), True),
+    "TrafficExtension": (("trafficextension", "trafficextensions"), True),
+    "Telemetry": (("telemetry", "telemetries"), True),
+    "EnvoyFilter": (("envoyfilter", "envoyfilters"), True),
 }
 
 

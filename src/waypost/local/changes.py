@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from waypost.api import Diagnostic, Resource, load_paths
-from waypost.envoy import translate
+from waypost.envoy import translate, with_patch_status
 from waypost.mesh import MeshSnapshot, address_assignments, build
 
 from .control import diagnostic_to_json
@@ -211,6 +211,7 @@ class Changes:
         try:
             snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config)))
             configs = translate(snapshot)
+            snapshot = with_patch_status(snapshot, configs)
         except Exception as exc:  # noqa: BLE001 - e.g. AddressSpaceExhausted; the running config must stay
             log.exception("cannot build the changed configuration")
             return Outcome(ok=False, errors=[f"cannot build the mesh from the changed resources: {exc}"], generation=running.generation)
@@ -228,6 +229,12 @@ class Changes:
         if rollout.error:
             outcome.ok = False
             outcome.errors = [f"the change was not applied: {rollout.error}"]
+            suspects = _changed_patches(running.resources, resources)
+            if suspects:
+                outcome.errors.append(
+                    "the rejected config carries patches changed by this update: " + ", ".join(suspects)
+                    + " (EnvoyFilter/WasmPlugin/TrafficExtension); the running config stays"
+                )
             if not sup.stopping.is_set():
                 back = roll_out(fleet, host, old_configs, old_echo, old_generations, time.monotonic() + CHANGE_TIMEOUT, sup.stopping)
                 outcome.errors.append(
@@ -251,6 +258,14 @@ class Changes:
             save_overlay(self._sup.state.applied_file, running.overlay)
         self._sup.publish(running)
         self._sup.write_state()
+
+
+def _changed_patches(before: Sequence[Resource], after: Sequence[Resource]) -> list[str]:
+    """Resources that patch or extend generated Envoy config and differ between the two sets: the likely
+    cause when Envoy rejects an update (a NACK names the listener, not the resource that broke it)."""
+    kinds = ("EnvoyFilter", "WasmPlugin", "TrafficExtension")
+    old = {r.key: r for r in before if r.KIND in kinds}
+    return sorted(f"{r.KIND} {r.namespace}/{r.name}" for r in after if r.KIND in kinds and old.get(r.key) != r)
 
 
 def _ms(since: float) -> float:

@@ -35,7 +35,7 @@ from typing import Any
 from waypost.api import load_paths
 from waypost.api.meshconfig import MeshConfig, load_mesh_config_file
 from waypost.ca import CertificateAuthority
-from waypost.envoy import translate
+from waypost.envoy import translate, with_patch_status
 from waypost.mesh import build
 from waypost.mesh.addresses import XDS_PORT
 from waypost.xds import XdsServer
@@ -204,11 +204,12 @@ class Supervisor:
         self.fleet = ProxyFleet(self.state, self.xds, ca, plan.control_plane, self.concurrency)
         started = now()
         self.info = {"block": plan.block, "started": started}
+        configs = translate(snapshot)
+        snapshot = with_patch_status(snapshot, configs)
         self.running = Running(result.resources, overlay, resources, snapshot, 1, track({}, [], resources, started))
         self.changes = Changes(self)
         self.publish(self.running)
         self.write_state({"phase": "starting"})
-        configs = translate(snapshot)
         # While the proxies start, state.json is refreshed so `up` can show how far it got.
         started_up = threading.Event()
         progress = threading.Thread(target=self._report_progress, args=(started_up,), name="progress", daemon=True)

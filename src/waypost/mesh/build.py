@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from waypost.api.core import ConfigMap, Deployment, Namespace, Pod, Service as ServiceResource
 from waypost.api.extensions import TrafficExtension, WasmPlugin
+from waypost.api.envoyfilter import EnvoyFilter
 from waypost.api.telemetry import Telemetry
 from waypost.api.gateway import Gateway, GatewayClass
 from waypost.api.grpcroute import GRPCRoute
@@ -266,6 +267,7 @@ def build(
         authz_providers=resolve_authz_providers(mesh, tuple(services.values())),
         extensions=tuple(extensions),
         telemetries=tuple(telemetries),
+        envoy_filters=tuple(sorted(of(EnvoyFilter), key=lambda f: (f.namespace, f.name))),
         mesh_config=mesh,
     )
 

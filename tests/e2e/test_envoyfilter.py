@@ -1,0 +1,113 @@
+"""EnvoyFilter on a waypoint, end to end: a Lua filter inserted by a patch changes responses, a patch
+that matches nothing is reported, and a patch Envoy rejects leaves the running config (and traffic) as
+they were, with the rejection naming the EnvoyFilter."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.manifests import ambient_with_waypoint
+
+pytestmark = pytest.mark.e2e
+
+MESH = ambient_with_waypoint("shop") + """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: shop}
+spec: {selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: backend}}
+  template: {metadata: {labels: {app: backend}}, spec: {containers: [{name: c, image: waypost/echo, ports: [{containerPort: 8080}]}]}}
+"""
+
+
+def envoy_filter(name: str, patches: str) -> str:
+    body = "".join(f"  {line}\n" for line in patches.strip("\n").splitlines())
+    return (
+        f"\n---\napiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n"
+        f"  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]\n  configPatches:\n{body}"
+    )
+
+
+LUA = envoy_filter("lua-response", """
+- applyTo: HTTP_FILTER
+  match:
+    context: SIDECAR_INBOUND
+    listener:
+      filterChain:
+        filter:
+          name: envoy.filters.network.http_connection_manager
+          subFilter: {name: envoy.filters.http.router}
+  patch:
+    operation: INSERT_BEFORE
+    value:
+      name: envoy.lua
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+        defaultSourceCode:
+          inlineString: |
+            function envoy_on_response(handle)
+              handle:headers():add("x-envoyfilter", "lua")
+            end
+""")
+NOTHING = envoy_filter("no-match", """
+- applyTo: HTTP_FILTER
+  match:
+    context: SIDECAR_INBOUND
+    listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.nothing}}}}
+  patch: {operation: REMOVE}
+""")
+AFTER_ROUTER = envoy_filter("after-router", """
+- applyTo: HTTP_FILTER
+  match:
+    context: SIDECAR_INBOUND
+    listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+  patch:
+    operation: ADD
+    value:
+      name: envoy.filters.http.cors
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+""")
+
+
+def status(mesh, name: str) -> dict[str, dict]:
+    entry = next(c for c in mesh.state["conditions"] if (c["kind"], c["name"]) == ("EnvoyFilter", name))
+    return {c["type"]: c for c in entry["conditions"]}
+
+
+def test_envoyfilter_patches_report_and_rejection(start_mesh, tmp_path):
+    mesh = start_mesh(MESH + LUA + NOTHING, name="envoyfilter")
+    r = mesh.request("shop/client", "http://svc/")
+    assert r.status == 200 and r.as_json()["headers"]["x-envoyfilter"] == ["lua"]
+    lua = status(mesh, "lua-response")
+    assert lua["Accepted"]["status"] == "True" and "waypoint~shop~waypoint" in lua["Accepted"]["message"]
+    assert (lua["Patched"]["status"], lua["Patched"]["reason"]) == ("True", "Applied")
+    idle = status(mesh, "no-match")["Patched"]
+    assert (idle["status"], idle["reason"]) == ("False", "PatchMatchedNothing") and "configPatches[0] (HTTP_FILTER REMOVE)" in idle["message"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(AFTER_ROUTER)
+    proc = mesh.cli("apply", "-f", str(bad), check=False)
+    assert proc.returncode != 0
+    output = proc.stderr + proc.stdout
+    assert "rejected its new Listener configuration" in output and "must be the last filter" in output  # Envoy's NACK
+    assert "patches changed by this update: EnvoyFilter shop/after-router" in output
+    # Envoy kept its last good config: the Lua patch still applies and requests still succeed.
+    for _ in range(5):
+        r = mesh.request("shop/client", "http://svc/")
+        assert r.status == 200 and r.as_json()["headers"]["x-envoyfilter"] == ["lua"]
+        time.sleep(0.1)
+    assert not any(c["name"] == "after-router" for c in mesh.state["conditions"])
+
+    # Removal takes the Lua filter out again.
+    lua_file = tmp_path / "lua.yaml"
+    lua_file.write_text(LUA)
+    mesh.cli("delete", "-f", str(lua_file))
+    assert "x-envoyfilter" not in mesh.request("shop/client", "http://svc/").as_json()["headers"]
