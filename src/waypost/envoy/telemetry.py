@@ -15,10 +15,10 @@ Where the labels come from:
 When no endpoint was chosen (a request denied, unrouted or answered by the waypoint itself), Istio's
 waypoint writes `unknown` for every label of the destination workload (istio/proxy
 `source/extensions/filters/http/istio_stats/istio_stats.cc`, `Reporter::ServerGateway`: each one is
-`endpoint_peer ? … : unknown`). Envoy's `%UPSTREAM_METADATA%` prints `-` there, and a `%CEL(…)%` per label
-costs a CEL evaluation per label and per stat (28 per request: a third of a bare Envoy's throughput, measured).
-So each stats logger comes twice, selected by one CEL access-log filter each: with the endpoint's metadata,
-or with literal `unknown`s.
+`endpoint_peer ? … : unknown`). Envoy's `%UPSTREAM_METADATA%` prints `-` there; the :15020 endpoint
+(`waypost.local.metrics`, pilot-agent's role) renders it as `unknown`. Doing it in Envoy (a `%CEL(…)%` per
+label, or two loggers picked by a CEL filter) cost 8–30% of the waypoint's throughput (measured with
+bench/metrics_cost.py).
 
 gRPC message counts (`istio_request_messages_total`, `istio_response_messages_total`) come from Envoy's
 grpc_stats filter, which counts the frames of each stream and keeps the counts in filter state. Its object
@@ -50,8 +50,6 @@ GRPC_STATS_FILTER = "envoy.filters.http.grpc_stats"
 GRPC_MESSAGES_FILTER = "waypost.grpc_messages"  # the Lua filter (a name of our own: there may be others)
 GRPC_MESSAGES_METADATA = "io.waypost.grpc"  # dynamic metadata namespace of the counts
 
-# An endpoint was chosen and it is a mesh workload (its metadata has the `istio` labels).
-ENDPOINT_KNOWN = "has(xds.upstream_host_metadata) && has(xds.upstream_host_metadata.filter_metadata.istio)"
 
 # Runs on the response path after grpc_stats (it sits before it in the chain): waits for the end of a gRPC
 # response (`trailers()` lets the body stream through), then turns grpc_stats' "<req>,<resp>" into numbers.
@@ -151,7 +149,7 @@ def endpoint_metadata(snapshot: MeshSnapshot, endpoint: Endpoint) -> dict[str, s
     if workload is None:
         return {}
     labels = workload_labels(workload)
-    return {**labels, "principal": workload.identity}
+    return {**labels, "principal": workload.identity, "cluster": CLUSTER_NAME}
 
 
 def _fs(key: str) -> str:
@@ -194,15 +192,9 @@ def _destination_tags(service: Service | None, endpoint_known: bool = True) -> l
         ("destination_service_name", service.name if service else UNKNOWN),
         ("destination_service_namespace", service.namespace if service else UNKNOWN),
         # The endpoint's cluster, like its other labels (istio_stats.cc: `endpoint_peer ? … : unknown`).
-        ("destination_cluster", CLUSTER_NAME if endpoint_known else UNKNOWN),
+        ("destination_cluster", workload("cluster")),
     ]
     return [{"name": k, "value_format": v} for k, v in tags]
-
-
-def _endpoint_filter(endpoint_known: bool) -> dict[str, Any]:
-    """Access-log filter: the stream chose a mesh endpoint (or, with False, did not)."""
-    expression = ENDPOINT_KNOWN if endpoint_known else f"!({ENDPOINT_KNOWN})"
-    return {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {"@type": T_CEL_LOG_FILTER, "expression": expression}}}
 
 
 def _grpc_messages_counted() -> dict[str, Any]:
@@ -248,9 +240,12 @@ def http_access_log(
     """
     chain = chain or ChainTelemetry()
     loggers = []
-    for known in (True, False) if chain.metrics else ():
+    # One logger: without a chosen mesh endpoint the workload labels print Envoy's "-", which the :15020
+    # endpoint renders as Istio's "unknown" (local.metrics). A CEL-filtered pair of loggers did that in
+    # Envoy, at ~8% of the waypoint's throughput (bench/metrics_cost.py).
+    for known in (True,) if chain.metrics else ():
         tags = _http_tags(reporter, service, protocol, known)
-        suffix = "" if known else ".unknown_destination"
+        suffix = ""
         counters = _stats(chain, [("REQUEST_COUNT", {"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1})])
         histograms = _stats(chain, [
             ("REQUEST_DURATION", {"stat": {"name": "request_duration_milliseconds", "tags": tags}, "unit": "Milliseconds", "value_format": "%DURATION%"}),
@@ -261,7 +256,6 @@ def http_access_log(
             loggers.append(
                 {
                     "name": f"istio.stats{suffix}",
-                    "filter": _endpoint_filter(known),
                     "typed_config": {
                         "@type": T_STATS_LOGGER,
                         "stat_prefix": STAT_PREFIX,
@@ -281,7 +275,7 @@ def http_access_log(
                 {
                     "name": f"istio.stats.grpc_messages{suffix}",
                     # The metadata check first: and_filter stops at the first false, so HTTP requests skip the CEL.
-                    "filter": {"and_filter": {"filters": [_grpc_messages_counted(), _endpoint_filter(known)]}},
+                    "filter": _grpc_messages_counted(),
                     "typed_config": {"@type": T_STATS_LOGGER, "stat_prefix": STAT_PREFIX, "counters": messages},
                 }
             )
@@ -333,7 +327,7 @@ def tcp_access_log(
         literal = [{"name": t["name"], "value_format": destination.get(t["name"], t["value_format"])} for t in _destination_tags(service)]
         variants.append(("", literal, None))
     else:
-        variants += [("", _destination_tags(service, True), _endpoint_filter(True)), (".unknown_destination", _destination_tags(service, False), _endpoint_filter(False))]
+        variants.append(("", _destination_tags(service, True), None))  # "-" → "unknown" at :15020, as for HTTP
 
     def logger(name: str, log_type: str, counters: list[dict[str, Any]], endpoint: dict[str, Any] | None) -> dict[str, Any]:
         by_type = {"log_type_filter": {"types": [log_type]}}

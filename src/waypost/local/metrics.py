@@ -17,9 +17,19 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(.+)$")
 _SUFFIXES = ("_bucket", "_sum", "_count")
 
 
+# Destination workload labels come from the chosen endpoint's metadata; when a request reached no mesh
+# endpoint (denied, unrouted, no endpoint) Envoy's stats logger leaves them empty ("-" in text formats) and
+# Istio's waypoint reports "unknown"
+# (istio/proxy istio_stats.cc, Reporter::ServerGateway). Rewriting here costs nothing per request.
+_NO_ENDPOINT = re.compile(
+    r'(destination_(?:workload|workload_namespace|principal|app|version|canonical_service|canonical_revision|cluster))="-?"'
+)
+
+
 def istio_names(text: str) -> str:
-    """Envoy's `envoy_istio_<metric>` → Istio's `istio_<metric>`; everything else unchanged."""
-    return re.sub(r"(?m)^(# (?:TYPE|HELP) )?envoy_istio_", lambda m: (m.group(1) or "") + "istio_", text)
+    """Envoy's `envoy_istio_<metric>` → Istio's `istio_<metric>`, with "unknown" for a missing endpoint's labels."""
+    text = re.sub(r"(?m)^(# (?:TYPE|HELP) )?envoy_istio_", lambda m: (m.group(1) or "") + "istio_", text)
+    return _NO_ENDPOINT.sub(r'\1="unknown"', text)
 
 
 def fetch(admin: str, timeout: float = 5.0) -> str:
