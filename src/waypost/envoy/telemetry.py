@@ -372,6 +372,7 @@ def destination_literals(workload: Workload, service: Service | None = None) -> 
         "destination_version": labels["version"],
         "destination_canonical_service": labels["canonical_service"],
         "destination_canonical_revision": labels["canonical_revision"],
+        "destination_cluster": CLUSTER_NAME,
     }
 
 
