@@ -460,6 +460,7 @@ def test_a_trap_with_legacy_fail_open_lets_every_request_through(envoy) -> None:
     for _ in range(3):
         status, headers, _ = proxy.request("/")
         assert (status, header_values(headers, "x-after")) == (200, ["yes"])
+    proxy.stop()  # flushes Envoy's log before it is read
     assert "proxy_on_request_headers failed" in proxy.log()
 
 
