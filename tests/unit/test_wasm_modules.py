@@ -514,6 +514,7 @@ def test_remote_code_is_checked_against_its_sha256(envoy, upstream) -> None:
                                code=remote_code(upstream, "add_header", wrong)))
     assert closed.request("/")[0] == 503
     assert closed.stats("wasm.remote_load_fetch_failures")["wasm.remote_load_fetch_failures"] == 1
+    closed.stop()  # flushes Envoy's log before it is read
     assert "Plugin add_header failed to load" in closed.log()
 
     opened = envoy(wasm_filter("add_header", {"header": "x-wasm", "value": "remote"},
