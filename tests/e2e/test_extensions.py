@@ -27,7 +27,7 @@ SERVE_AT = f"127.251.{os.getpid() % 250 + 1}.1"
 HTTP_PORT, REGISTRY_PORT = 18090, 18091
 WASM_LAYER = "application/vnd.module.wasm.content.layer.v1+wasm"
 
-SERVICES = ("lua", "authn", "stats", "gate", "prio", "trap-closed", "trap-open", "bad-sha", "fetched", "oci", "removed", "scope-a", "scope-b")
+SERVICES = ("lua", "authn", "stats", "gate", "prio", "trap-closed", "trap-open", "bad-sha", "fetched", "oci", "removed", "scope-a", "scope-b", "te-wasm")
 
 
 def module(name: str) -> str:
@@ -126,6 +126,10 @@ PLUGINS = (
     + plugin("removed", "removed", module("add_header"), {"header": "x-wasm", "value": "present"})
     + plugin("whole-waypoint", "w2", module("add_header"), {"header": "x-gateway-scope", "value": "yes"}, kind="Gateway")
     + plugin("one-service", "scope-a", module("add_header"), {"header": "x-service-scope", "value": "yes"})
+    # TrafficExtension carrying a Wasm module (the newer kind WasmPlugin converts to).
+    + "\n---\napiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\nmetadata: {name: te-wasm, namespace: ext}\n"
+    "spec:\n  targetRefs: [{kind: Service, group: '', name: te-wasm}]\n  phase: STATS\n"
+    f"  wasm: {{url: '{module('add_header')}', pluginConfig: {{header: x-wasm, value: traffic-extension}}}}\n"
     + "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-added, namespace: ext}\n"
     "spec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: w1}]\n  action: DENY\n"
     "  rules: [{when: [{key: 'request.headers[x-added]', values: ['*']}]}]\n"
@@ -221,6 +225,11 @@ def test_sha256_mismatch_is_not_loaded_and_fails_closed(mesh):
     loaded = condition(mesh, "WasmPlugin", "bad-sha", "Loaded")
     assert (loaded["status"], loaded["reason"]) == ("False", "DigestMismatch") and "0" * 64 in loaded["message"]
     assert condition(mesh, "WasmPlugin", "removed", "Loaded")["status"] == "True"
+
+
+def test_traffic_extension_with_a_wasm_module(mesh):
+    assert get(mesh, "te-wasm").as_json()["headers"]["x-wasm"] == ["traffic-extension"]
+    assert condition(mesh, "TrafficExtension", "te-wasm", "Loaded")["status"] == "True"
 
 
 def test_modules_over_http_and_from_an_oci_registry(mesh):
