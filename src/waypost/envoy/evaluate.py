@@ -45,6 +45,7 @@ SHADOW_EFFECTIVE_POLICY_ID = "shadow_effective_policy_id"
 ORIGINAL_DST_LOCAL = "envoy.filters.listener.original_dst.local_ip"
 ORIGINAL_DST_REMOTE = "envoy.filters.listener.original_dst.remote_ip"
 TRANSPORT_ORIGINAL_DST = "envoy.network.transport_socket.original_dst_address"
+TCP_PROXY_CLUSTER = "envoy.tcp_proxy.cluster"
 JWT_CLOCK_SKEW = 60  # JwtProvider.clock_skew_seconds default
 MAX_HOPS = 24  # a routing loop in the config must not hang the evaluator
 
@@ -910,7 +911,10 @@ class Evaluator:
 
     # -- upstream: clusters and endpoints
     def _tcp_proxy(self, proxy: Proxy, config: Mapping[str, Any], conn: _Conn, request: Request, depth: int) -> list[_Result]:
-        if "weighted_clusters" in config:
+        if TCP_PROXY_CLUSTER in conn.filter_state:
+            # Envoy's per-connection override (set_filter_state `envoy.tcp_proxy.cluster`) wins over the config.
+            targets = [(conn.filter_state[TCP_PROXY_CLUSTER], "")]
+        elif "weighted_clusters" in config:
             targets = [(c["name"], f"weighted cluster {c['name']}") for c in config["weighted_clusters"].get("clusters", []) if int(c.get("weight", 0)) > 0]
         else:
             targets = [(config["cluster"], "")]
@@ -963,7 +967,8 @@ class Evaluator:
                     out.append(_Result("closed", None, f"{proxy.id} has no internal listener {listener_name}", (), proxy=proxy.id))
                     continue
                 passthrough = _passthrough(cluster, metadata)
-                state = {k: v for k, v in conn.filter_state.items()}  # shared_with_upstream state travels along
+                # shared_with_upstream state travels along (the cluster override is the connection's own)
+                state = {k: v for k, v in conn.filter_state.items() if k != TCP_PROXY_CLUSTER}
                 # An internal connection's peer is an envoy internal address, not an IP, until
                 # original_dst restores one from filter state.
                 inner = _Conn(None, 0, None, None, False, (), state, passthrough, connect)
