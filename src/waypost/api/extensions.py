@@ -88,6 +88,7 @@ class WasmConfig(Model):
     fail_strategy: Literal["FAIL_CLOSE", "FAIL_OPEN", "FAIL_RELOAD"] = "FAIL_CLOSE"
     vm_config: VmConfig | None = None
     type: Literal["UNSPECIFIED_PLUGIN_TYPE", "HTTP", "NETWORK"] = "UNSPECIFIED_PLUGIN_TYPE"
+    verification_key: str | None = None  # in the CRD; Istio does not implement it either
 
     _url = field_validator("url")(check_url)
 

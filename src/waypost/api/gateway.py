@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from .httproute import Group, Hostname, Kind, Namespace, ObjectName, SectionName
 from .meta import LabelSelector, Model, Resource
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -14,8 +15,10 @@ GATEWAY_VERSIONS = ("v1", "v1beta1")
 
 
 class GatewayClassSpec(Model):
-    controller_name: str = Field(min_length=1)
-    description: str | None = None
+    controller_name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$"
+    )
+    description: str | None = Field(default=None, max_length=64)
     parameters_ref: dict[str, Any] | None = None
 
 
@@ -38,10 +41,10 @@ class AllowedRoutes(Model):
 
 
 class Listener(Model):
-    name: str = Field(min_length=1)
+    name: SectionName
     port: int = Field(ge=1, le=65535)
-    protocol: str = Field(min_length=1)
-    hostname: str | None = None
+    protocol: str = Field(min_length=1, max_length=255, pattern=r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9]+$")
+    hostname: Hostname | None = None
     tls: dict[str, Any] | None = None
     allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
 
@@ -53,10 +56,14 @@ class GatewayInfrastructure(Model):
 
 
 class GatewaySpec(Model):
-    gateway_class_name: str = Field(min_length=1)
+    gateway_class_name: ObjectName
     listeners: list[Listener] = Field(min_length=1, max_length=64)
-    addresses: list[dict[str, Any]] | None = None
+    addresses: list[dict[str, Any]] | None = Field(default=None, max_length=16)
     infrastructure: GatewayInfrastructure | None = None
+    # Gateway API v1.3+/v1.4 fields waypost does not act on (a waypoint takes no listeners from elsewhere
+    # and terminates no TLS itself); accepted as the CRD accepts them.
+    allowed_listeners: dict[str, Any] | None = None
+    tls: dict[str, Any] | None = None
 
 
 class Gateway(Resource):
@@ -67,15 +74,15 @@ class Gateway(Resource):
 
 
 class ReferenceGrantFrom(Model):
-    group: str
-    kind: str = Field(min_length=1)
-    namespace: str = Field(min_length=1)
+    group: Group
+    kind: Kind
+    namespace: Namespace
 
 
 class ReferenceGrantTo(Model):
-    group: str
-    kind: str = Field(min_length=1)
-    name: str | None = None
+    group: Group
+    kind: Kind
+    name: ObjectName | None = None
 
 
 class ReferenceGrantSpec(Model):

@@ -12,6 +12,7 @@ from .httproute import (
     BackendObjectReference,
     HeaderMatch,
     HeaderModifier,
+    Hostname,
     LocalObjectReference,
     ParentReference,
     RequestMirror,
@@ -93,7 +94,7 @@ class GRPCRouteRule(Model):
 
 class GRPCRouteSpec(Model):
     parent_refs: list[ParentReference] = Field(default_factory=list, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[GRPCRouteRule] = Field(default_factory=lambda: [GRPCRouteRule()], max_length=16)
 
     @model_validator(mode="after")

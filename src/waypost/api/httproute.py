@@ -9,7 +9,7 @@ Source: apis/v1/httproute_types.go and shared/spec/gateway-api.md §2.
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -23,6 +23,16 @@ DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 _PATH_CHARS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})+$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+
+
+# Gateway API's common string types (apis/v1/shared_types.go), with the CRD's own limits and patterns.
+Group = Annotated[str, Field(max_length=253, pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]
+Kind = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")]
+Namespace = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
+SectionName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]
+Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]
+PreciseHostname = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]
 
 
 def header_name(value: str) -> str:
@@ -47,11 +57,11 @@ def _check_duration(value: str | None) -> str | None:
 
 
 class ParentReference(Model):
-    group: str = GATEWAY_GROUP
-    kind: str = "Gateway"
-    namespace: str | None = None
-    name: str = Field(min_length=1, max_length=253)
-    section_name: str | None = None
+    group: Group = GATEWAY_GROUP
+    kind: Kind = "Gateway"
+    namespace: Namespace | None = None
+    name: ObjectName
+    section_name: SectionName | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
 
 
@@ -141,14 +151,14 @@ class PathModifier(Model):
 
 class RequestRedirect(Model):
     scheme: Literal["http", "https"] | None = None
-    hostname: str | None = Field(default=None, max_length=253)
+    hostname: PreciseHostname | None = None
     path: PathModifier | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     status_code: Literal[301, 302, 303, 307, 308] = 302
 
 
 class URLRewrite(Model):
-    hostname: str | None = Field(default=None, max_length=253)
+    hostname: PreciseHostname | None = None
     path: PathModifier | None = None
 
 
@@ -164,10 +174,10 @@ class Fraction(Model):
 
 
 class BackendObjectReference(Model):
-    group: str = ""
-    kind: str = "Service"
-    name: str = Field(min_length=1, max_length=253)
-    namespace: str | None = None
+    group: Group = ""
+    kind: Kind = "Service"
+    name: ObjectName
+    namespace: Namespace | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
@@ -207,9 +217,9 @@ class CORS(Model):
 
 
 class LocalObjectReference(Model):
-    group: str
-    kind: str
-    name: str = Field(min_length=1)
+    group: Group
+    kind: Kind
+    name: ObjectName
 
 
 FILTER_FIELDS = {
@@ -346,7 +356,7 @@ class HTTPRouteRule(Model):
 
 class HTTPRouteSpec(Model):
     parent_refs: list[ParentReference] = Field(default_factory=list, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[HTTPRouteRule] = Field(default_factory=lambda: [HTTPRouteRule()], min_length=1, max_length=16)
 
     @model_validator(mode="after")

@@ -135,8 +135,17 @@ def load_text(text: str, filename: str = "<stdin>") -> LoadResult:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
-        problem = getattr(exc, "problem", None) or str(exc)
-        result.diagnostics.append(error(filename, line, f"YAML syntax error: {problem}"))
+        if isinstance(exc, yaml.reader.ReaderError):  # a forbidden character: it has a position, not a mark
+            line = text.count("\n", 0, exc.position) + 1
+            char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+            problem = f"unacceptable character #x{char:04x}: {exc.reason}"
+        else:
+            problem = getattr(exc, "problem", None) or str(exc)
+        result.diagnostics.append(error(filename, line or 1, f"YAML syntax error: {problem}"))
+        return result
+    except UnicodeEncodeError as exc:  # a lone surrogate in a str that did not come from a UTF-8 file
+        line = text.count("\n", 0, exc.start) + 1
+        result.diagnostics.append(error(filename, line, f"YAML syntax error: invalid Unicode character {exc.object[exc.start]!r}"))
         return result
     for node in nodes:
         if node is None:
@@ -150,9 +159,12 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
     line = node.start_mark.line + 1
     lines: dict[tuple[Any, ...], int] = {}
     try:
-        data = _to_python(node, (), lines)
+        data = _to_python(node, (), lines, _Budget(node))
     except _DocumentError as exc:
-        result.diagnostics.append(error(filename, exc.line, exc.message))
+        result.diagnostics.append(error(filename, exc.line, exc.message, field=_render_path(exc.path), **_where_of(node)))
+        return result
+    except RecursionError:
+        result.diagnostics.append(error(filename, line, "the document nests too deeply", **_where_of(node)))
         return result
     if data is None:
         return result
@@ -219,6 +231,9 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
         data = {**data, "metadata": {k: v for k, v in meta.items() if k != "namespace"}}
     try:
         resource = cls.model_validate({**data, "source": Source(file=filename, line=line)})
+    except RecursionError:
+        result.diagnostics.append(error(filename, line, "the document nests too deeply", field="spec", **where))
+        return result
     except ValidationError as exc:
         for problem in exc.errors():
             loc = tuple(problem["loc"])
@@ -266,44 +281,120 @@ def _mesh_config_problems(config_map: core.ConfigMap, lines: dict[tuple[Any, ...
 
 
 class _DocumentError(Exception):
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, path: tuple[Any, ...] = ()) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
+        self.path = path
 
 
-def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+# YAML aliases make a document a graph: `&a [*a, *a]` chains ("billion laughs") expand exponentially, and an
+# anchor used inside its own node makes a cycle. Like the Kubernetes YAML decoder ("document contains
+# excessive aliasing"), a document may expand aliases to at most this many values beyond its own nodes.
+MAX_ALIAS_EXPANSION = 10_000
+MAX_DEPTH = 256
+
+
+class _Budget:
+    """Tracks alias expansion while a document's node graph is turned into plain data."""
+
+    def __init__(self, root: yaml.Node) -> None:
+        self.seen: set[int] = set()
+        self.expanded = 0
+        self.stack: set[int] = set()
+
+    def enter(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        ident = id(node)
+        if ident in self.stack:
+            raise _DocumentError(node.start_mark.line + 1, "YAML alias refers to a node that contains it (a cycle)", path)
+        if len(path) > MAX_DEPTH:
+            raise _DocumentError(node.start_mark.line + 1, f"the document nests deeper than {MAX_DEPTH} levels", path)
+        if ident in self.seen:  # an alias: this node's values are constructed once more
+            self.expanded += 1
+            if self.expanded > MAX_ALIAS_EXPANSION:
+                raise _DocumentError(
+                    node.start_mark.line + 1,
+                    f"document contains excessive aliasing (more than {MAX_ALIAS_EXPANSION} values through YAML aliases)",
+                    path,
+                )
+        else:
+            self.seen.add(ident)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            self.stack.add(ident)
+
+
+def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], budget: _Budget) -> Any:
     """Constructs plain data from a composed node, recording the line of every key and list item."""
+    budget.enter(node, path)
     lines.setdefault(path, node.start_mark.line + 1)  # a key's own line wins over its value's first line
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise _DocumentError(key_node.start_mark.line + 1, "YAML merge keys ('<<') are not supported")
-            key = _scalar(key_node)
+                raise _DocumentError(key_node.start_mark.line + 1, "YAML merge keys ('<<') are not supported", path)
+            key = _scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                raise _DocumentError(key_node.start_mark.line + 1, f"mapping key {key!r} is not a string")
+                shown = repr(key) if isinstance(key_node, yaml.ScalarNode) else f"of kind {key_node.id}"
+                raise _DocumentError(key_node.start_mark.line + 1, f"mapping key {shown} is not a string", path)
             if key in out:
-                raise _DocumentError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+                raise _DocumentError(key_node.start_mark.line + 1, f"duplicate key {key!r}", path + (key,))
             lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, path + (key,), lines)
+            out[key] = _to_python(value_node, path + (key,), lines, budget)
+        budget.stack.discard(id(node))
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, path + (i,), lines) for i, item in enumerate(node.value)]
-    return _scalar(node)
+        out_list = [_to_python(item, path + (i,), lines, budget) for i, item in enumerate(node.value)]
+        budget.stack.discard(id(node))
+        return out_list
+    return _scalar(node, path)
 
 
 # libyaml's composer when PyYAML was built with it (about 3x faster on large manifests); same nodes.
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # One constructor for every scalar: YAML 1.1 scalar resolution (ints, bools, nulls...) as SafeLoader does.
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
+# The scalar types a Kubernetes manifest can hold (JSON's). A timestamp stays the string it was written as
+# (the Kubernetes YAML decoder does the same); `=` (YAML 1.1's "value" tag) is a plain string there too.
+_SCALAR_TAGS = frozenset(
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null")
+)
+_AS_STRING_TAGS = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"})
 
 
-def _scalar(node: yaml.Node) -> Any:
+def _scalar(node: yaml.Node, path: tuple[Any, ...] = ()) -> Any:
+    if node.tag in _AS_STRING_TAGS:
+        return node.value
+    if node.tag not in _SCALAR_TAGS:
+        raise _DocumentError(node.start_mark.line + 1, f"unsupported YAML tag {node.tag!r}", path)
     try:
         return _CONSTRUCTOR.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        problem = getattr(exc, "problem", None) or str(exc)
+        if "integer string conversion" in problem:
+            problem = "more than 4300 digits"
+        raise _DocumentError(node.start_mark.line + 1, f"invalid {node.tag.rsplit(':', 1)[-1]} value: {problem}", path) from None
     finally:
         _CONSTRUCTOR.constructed_objects.pop(node, None)  # the constructor must not keep every node alive
+
+
+def _where_of(node: yaml.Node) -> dict[str, str]:
+    """kind, namespace and name of a document that could not be turned into data, read from its top-level nodes."""
+    where = {"kind": "", "namespace": "", "name": ""}
+    if not isinstance(node, yaml.MappingNode):
+        return where
+
+    def plain(value_node: yaml.Node) -> str:
+        return value_node.value if isinstance(value_node, yaml.ScalarNode) and value_node.tag == "tag:yaml.org,2002:str" else ""
+
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key == "kind":
+            where["kind"] = plain(value_node)
+        elif key == "metadata" and isinstance(value_node, yaml.MappingNode):
+            for meta_key, meta_value in value_node.value:
+                if isinstance(meta_key, yaml.ScalarNode) and meta_key.value in ("name", "namespace"):
+                    where[meta_key.value] = plain(meta_value)
+    return where
 
 
 def _items_nodes(node: yaml.Node) -> list[yaml.Node]:
@@ -329,7 +420,7 @@ def _render_path(loc: tuple[Any, ...]) -> str:
         elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "int")):
             continue  # pydantic union branch names, not user fields
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + (str(part) or '""')  # an empty key still names a field
     return out
 
 
@@ -340,6 +431,9 @@ def _message(problem: dict[str, Any]) -> str:
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field"
+    if kind == "int_type" and isinstance(problem.get("input"), str):
+        # Strict types, as the API server's: a quoted number is a string. Same words as before strictness.
+        msg = "Input should be a valid integer, unable to parse string as an integer"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if kind not in ("value_error", "assertion_error") and "input" in problem and not isinstance(

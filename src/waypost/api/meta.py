@@ -21,7 +21,7 @@ class Model(BaseModel):
     """
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid", strict=False
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid", strict=True
     )
 
 
