@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from waypost.mesh.model import Condition, MeshSnapshot, ResourceStatus
+from waypost.mesh.tracking import Diff, Recorder
 
 from . import envoyfilter
 from . import waypoint as waypoint_config
@@ -28,6 +30,19 @@ class ProxyConfig:
     patch_reports: tuple = ()  # envoyfilter.PatchReport per EnvoyFilter patch that selected this proxy
 
 
+@dataclass(frozen=True)
+class TranslationCache:
+    """What one translation leaves for the next one (`translate_incremental`): the snapshot it translated,
+    each proxy's config, what the ztunnels read from that snapshot, and each waypoint's section memo. An
+    immutable value: the caller keeps it and hands it back; nothing is cached behind its back."""
+
+    snapshot: MeshSnapshot | None = None
+    configs: Mapping[str, ProxyConfig] = field(default_factory=dict)
+    ztunnel_reads: Mapping[str, tuple[tuple, frozenset]] = field(default_factory=dict)  # proxy -> (args, reads)
+    waypoint_memos: Mapping[str, waypoint_config.Memo] = field(default_factory=dict)
+    patched: Mapping[str, tuple[tuple, tuple]] = field(default_factory=dict)  # proxy -> (generated + filters, patched)
+
+
 def translate(snapshot: MeshSnapshot) -> dict[str, ProxyConfig]:
     out: dict[str, ProxyConfig] = {}
     for index, node in enumerate(snapshot.nodes):
@@ -35,15 +50,62 @@ def translate(snapshot: MeshSnapshot) -> dict[str, ProxyConfig]:
         pid = ztunnel_config.proxy_id(node)
         out[pid] = ProxyConfig(pid, "ztunnel", snapshot.plan.ztunnel(index), tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), tuple(r["secrets"]))
     for wp in snapshot.waypoints:
-        r = waypoint_config.translate(snapshot, wp)
-        listeners, clusters, routes, reports = tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), ()
-        selecting = [f for f in snapshot.envoy_filters if f.selects_waypoint(wp.namespace, wp.name, snapshot.root_namespace)]
-        if selecting:
-            # EnvoyFilter patches apply last, to the generated config, as istiod applies them (spec §8.3).
-            patched = envoyfilter.apply(listeners, clusters, routes, envoyfilter.order(selecting, snapshot.root_namespace))
-            listeners, clusters, routes, reports = patched.listeners, patched.clusters, patched.routes, patched.report
-        out[wp.proxy_id] = ProxyConfig(wp.proxy_id, "waypoint", wp.address, listeners, clusters, routes, tuple(r["secrets"]), reports)
+        out[wp.proxy_id] = _waypoint(snapshot, wp, waypoint_config.translate(snapshot, wp), None, {})
     return dict(sorted(out.items()))
+
+
+def _waypoint(snapshot: MeshSnapshot, wp, r: dict[str, Any], cache: TranslationCache | None, patched_out: dict) -> ProxyConfig:
+    listeners, clusters, routes, reports = tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), ()
+    selecting = tuple(f for f in snapshot.envoy_filters if f.selects_waypoint(wp.namespace, wp.name, snapshot.root_namespace))
+    if selecting:
+        # EnvoyFilter patches apply last, to the generated config, as istiod applies them (spec §8.3).
+        inputs = (listeners, clusters, routes, selecting, snapshot.root_namespace)
+        previous = cache.patched.get(wp.proxy_id) if cache is not None else None
+        if previous is not None and previous[0] == inputs:
+            listeners, clusters, routes, reports = previous[1]
+        else:
+            patched = envoyfilter.apply(listeners, clusters, routes, envoyfilter.order(list(selecting), snapshot.root_namespace))
+            listeners, clusters, routes, reports = tuple(patched.listeners), tuple(patched.clusters), tuple(patched.routes), patched.report
+        patched_out[wp.proxy_id] = (inputs, (listeners, clusters, routes, reports))
+    return ProxyConfig(wp.proxy_id, "waypoint", wp.address, listeners, clusters, routes, tuple(r["secrets"]), reports)
+
+
+def _reuse(previous: ProxyConfig | None, config: ProxyConfig) -> ProxyConfig:
+    """The earlier config object when equal, so the fleet and xDS see "unchanged" at the cost of an identity
+    check (unchanged resources are the very same objects, so the comparison is cheap)."""
+    return previous if previous is not None and previous == config else config
+
+
+def translate_incremental(snapshot: MeshSnapshot, cache: TranslationCache | None = None) -> tuple[dict[str, ProxyConfig], TranslationCache]:
+    """`translate`, redoing only what changed since the translation that left `cache`.
+
+    A ztunnel is translated again only when something it read from the snapshot changed; a waypoint only
+    for the services whose inputs changed (`waypoint.translate_cached`). Unchanged resources and configs
+    are the earlier objects. The result equals `translate(snapshot)`."""
+    cache = cache or TranslationCache()
+    diff = Diff(cache.snapshot, snapshot)
+    out: dict[str, ProxyConfig] = {}
+    ztunnel_reads: dict[str, tuple[tuple, frozenset]] = {}
+    for index, node in enumerate(snapshot.nodes):
+        pid = ztunnel_config.proxy_id(node)
+        address = snapshot.plan.ztunnel(index)
+        args = (node, address)
+        previous = cache.ztunnel_reads.get(pid)
+        if previous is not None and pid in cache.configs and previous[0] == args and not diff.any_changed(previous[1]):
+            out[pid], ztunnel_reads[pid] = cache.configs[pid], previous
+            continue
+        recorder = Recorder(snapshot)
+        r = ztunnel_config.translate(recorder, node)  # type: ignore[arg-type] - reads like a MeshSnapshot
+        ztunnel_reads[pid] = (args, frozenset(recorder.deps))
+        config = ProxyConfig(pid, "ztunnel", address, tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), tuple(r["secrets"]))
+        out[pid] = _reuse(cache.configs.get(pid), config)
+    memos: dict[str, waypoint_config.Memo] = {}
+    patched: dict[str, tuple[tuple, tuple]] = {}
+    for wp in snapshot.waypoints:
+        r, memos[wp.proxy_id] = waypoint_config.translate_cached(snapshot, wp, cache.waypoint_memos.get(wp.proxy_id), diff)
+        out[wp.proxy_id] = _reuse(cache.configs.get(wp.proxy_id), _waypoint(snapshot, wp, r, cache, patched))
+    configs = dict(sorted(out.items()))
+    return configs, TranslationCache(snapshot, configs, ztunnel_reads, memos, patched)
 
 
 def with_patch_status(snapshot: MeshSnapshot, configs: dict[str, ProxyConfig]) -> MeshSnapshot:
@@ -81,4 +143,4 @@ def with_patch_status(snapshot: MeshSnapshot, configs: dict[str, ProxyConfig]) -
     return dataclasses.replace(snapshot, statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name))))
 
 
-__all__ = ["ProxyConfig", "bootstrap", "translate", "with_patch_status"]
+__all__ = ["ProxyConfig", "TranslationCache", "bootstrap", "translate", "translate_incremental", "with_patch_status"]

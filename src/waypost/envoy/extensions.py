@@ -23,7 +23,6 @@ import json
 from typing import Any
 
 from waypost.api.extensions import TrafficExtension, WasmPlugin, phase_of
-from waypost.mesh import policies as attach
 from waypost.mesh.model import MeshSnapshot, Service, Waypoint
 
 from . import rbac
@@ -44,7 +43,7 @@ def filter_name(extension: WasmPlugin | TrafficExtension) -> str:
 
 def for_chain(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service | None, port: int) -> dict[str, list]:
     """phase → the extensions of one chain, in the order they run on requests."""
-    attached = attach.for_waypoint_chain(snapshot.extensions, waypoint, service, snapshot.root_namespace)
+    attached = list(snapshot.waypoint_chain("extensions", waypoint.ref, service.key if service is not None else None))
     lookup = [waypoint.namespace, snapshot.root_namespace] + ([service.namespace] if service is not None else [])
     order = {ns: i for i, ns in reversed(list(enumerate(lookup)))}
     selected = [e for e in attached if not e.spec.match or any(m.selects(port) for m in e.spec.match)]

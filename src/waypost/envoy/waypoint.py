@@ -11,12 +11,14 @@ shared/spec/envoy-dataplane.md "Recommended Envoy layout":
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from waypost.mesh.model import Endpoint, L4Routes, MeshSnapshot, Service, Waypoint, Workload
 from waypost.mesh.registry import port_protocol
 
-from waypost.mesh import policies as authz
+from waypost.mesh.tracking import Diff, Recorder
 
 from . import common as c
 from . import extauthz, extensions, jwt, rbac, routing, telemetry
@@ -29,7 +31,7 @@ CONNECT_ORIGINATE = "connect_originate"
 
 
 def served_services(snapshot: MeshSnapshot, waypoint: Waypoint) -> list[Service]:
-    return [s for s in snapshot.services if s.waypoint == waypoint.ref]
+    return list(snapshot.services_of_waypoint.get(waypoint.ref, ()))
 
 
 def served_workloads(snapshot: MeshSnapshot, waypoint: Waypoint) -> list[Workload]:
@@ -158,89 +160,131 @@ def _not_ports(ports: set[int]) -> dict[str, Any]:
     return {"not_match": rules[0] if len(rules) == 1 else {"or_match": {"rules": rules}}}
 
 
-def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict[str, Any]]]:
-    clusters: dict[str, dict[str, Any]] = {}
-    routes: list[dict[str, Any]] = []
-    chains: list[dict[str, Any]] = []
-    domains: list[str] = []
-    sniff_ports: set[int] = set()  # ports whose protocol is sniffed (http_inspector)
-    tls_ports: set[int] = set()  # ports with TLSRoutes (tls_inspector reads the SNI)
+@dataclass(frozen=True)
+class Section:
+    """One served service's part of a waypoint's config (or the part for its served workloads)."""
 
-    def add_cluster(cluster: dict[str, Any]) -> str:
-        clusters.setdefault(cluster["name"], cluster)
+    clusters: tuple[dict[str, Any], ...]  # in the order they were first added
+    routes: tuple[dict[str, Any], ...]
+    chains: tuple[dict[str, Any], ...]
+    domains: tuple[str, ...]
+    sniff_ports: frozenset[int]  # ports whose protocol is sniffed (http_inspector)
+    tls_ports: frozenset[int]  # ports with TLSRoutes (tls_inspector reads the SNI)
+
+
+@dataclass(frozen=True)
+class Memo:
+    """What one translation of a waypoint leaves for the next (`translate_cached`): each section's result
+    with the snapshot reads it depended on, and the assembled listeners (reused when their parts are the
+    same objects, so that an unchanged listener stays the same object and xDS need not encode it again)."""
+
+    sections: Mapping[str, tuple[tuple, frozenset, Section]] = field(default_factory=dict)  # key -> (args, reads, section)
+    assembled: Mapping[str, tuple[tuple, dict[str, Any]]] = field(default_factory=dict)  # listener -> (parts, listener)
+
+
+class _Builder:
+    """Collects one section's resources, in the order the translation adds them."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, dict[str, Any]] = {}
+        self.routes: list[dict[str, Any]] = []
+        self.chains: list[dict[str, Any]] = []
+        self.domains: list[str] = []
+        self.sniff_ports: set[int] = set()
+        self.tls_ports: set[int] = set()
+
+    def add_cluster(self, cluster: dict[str, Any]) -> str:
+        self.clusters.setdefault(cluster["name"], cluster)
         return cluster["name"]
 
-    def add_authz_clusters(chain_policies: list) -> None:
+    def add_authz_clusters(self, snapshot: MeshSnapshot, chain_policies: list) -> None:
         """The clusters of the external authorizers the chain's CUSTOM policies call."""
         for provider in extauthz.providers_used(chain_policies, snapshot):
             target = snapshot.service(provider.service) if provider.service else None
             assert target is not None  # a usable provider has a resolved service
             name, h2 = extauthz.cluster(provider, snapshot)
-            add_cluster(endpoint_cluster(name, target.endpoints_for(provider.port), "h2" if h2 else "auto", snapshot))
+            self.add_cluster(endpoint_cluster(name, target.endpoints_for(provider.port), "h2" if h2 else "auto", snapshot))
 
-    policies = snapshot.authorization_policies
-    for service in served_services(snapshot, waypoint):
-        chain_policies = authz.for_waypoint_chain(policies, waypoint, service, snapshot.root_namespace)
-        chain_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, service, snapshot.root_namespace), dict(snapshot.jwks_documents))
-        observed = telemetry_api.for_chain(snapshot, waypoint, service)
-        custom_http, custom_tcp = extauthz.http_filters(chain_policies, snapshot), extauthz.network_filters(chain_policies, snapshot)
-        rbac_http, rbac_tcp = rbac.http_filters(chain_policies), rbac.network_filters(chain_policies)
-        add_authz_clusters(chain_policies)
-        for sp in service.ports:
-            # Istio's waypoint filter order (§5.1): CUSTOM, AUTHN extensions, jwt_authn, AUTHZ extensions,
-            # RBAC AUDIT/DENY/ALLOW, CORS, STATS and UNSPECIFIED extensions, stats, router.
-            phases = extensions.for_chain(snapshot, waypoint, service, sp.port)
-            http_authz = (
-                custom_http + extensions.http_filters(phases, snapshot, "AUTHN") + chain_authn
-                + extensions.http_filters(phases, snapshot, "AUTHZ") + rbac_http
-            )
-            http_late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
-            tcp_authz = (
-                custom_tcp + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + rbac_tcp
-                + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
-            )
-            domains.append(f"{service.vip}:{sp.port}")
-            http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
-            endpoints = service.endpoints_for(sp.port)
-            tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot))
-            route_name = f"{service.fqdn}:{sp.port}"
-            match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
-            if sp.protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN"):
-                add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot))
-                route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, route_name)
-                routes.append(route_config)
-                for backend, port in backend_clusters:
-                    backend_service = snapshot.service_by_fqdn(backend)
-                    assert backend_service is not None  # routing only names existing backends here
-                    bp = backend_service.port(port)
-                    bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
-                    add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp, snapshot))
-            l4 = snapshot.l4routes_for(service.key, sp.port)
-            if l4 is not None:
-                if l4.kind == "TLSRoute":
-                    tls_ports.add(sp.port)
-                chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster, tcp_authz))
-                continue
-            if sp.protocol == "UNKNOWN":
-                sniff_ports.add(sp.port)
-            chains.extend(
-                _chains(
-                    f"{service.fqdn}:{sp.port}",
-                    match,
-                    sp.protocol,
-                    _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp), observed, snapshot.mesh_config), http_late,
-                        grpc=_protocol(snapshot, service, sp) == "grpc"),
-                    tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service, chain=observed, mesh=snapshot.mesh_config))],
-                )
-            )
+    def section(self) -> Section:
+        return Section(tuple(self.clusters.values()), tuple(self.routes), tuple(self.chains), tuple(self.domains),
+                       frozenset(self.sniff_ports), frozenset(self.tls_ports))
 
-    workload_policies = authz.for_waypoint_chain(policies, waypoint, None, snapshot.root_namespace)
-    workload_authn = jwt.jwt_filters(authz.for_waypoint_chain(snapshot.request_authentications, waypoint, None, snapshot.root_namespace), dict(snapshot.jwks_documents))
+
+def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service) -> Section:
+    """The chains, routes and clusters of one served service's ports."""
+    out = _Builder()
+    add_cluster = out.add_cluster
+    chains, routes, domains, sniff_ports, tls_ports = out.chains, out.routes, out.domains, out.sniff_ports, out.tls_ports
+    jwks = dict(snapshot.jwks_documents)
+    chain_policies = list(snapshot.waypoint_chain("authz", waypoint.ref, service.key))
+    chain_authn = jwt.jwt_filters(list(snapshot.waypoint_chain("authn", waypoint.ref, service.key)), jwks)
+    observed = telemetry_api.for_chain(snapshot, waypoint, service)
+    custom_http, custom_tcp = extauthz.http_filters(chain_policies, snapshot), extauthz.network_filters(chain_policies, snapshot)
+    rbac_http, rbac_tcp = rbac.http_filters(chain_policies), rbac.network_filters(chain_policies)
+    out.add_authz_clusters(snapshot, chain_policies)
+    for sp in service.ports:
+        # Istio's waypoint filter order (§5.1): CUSTOM, AUTHN extensions, jwt_authn, AUTHZ extensions,
+        # RBAC AUDIT/DENY/ALLOW, CORS, STATS and UNSPECIFIED extensions, stats, router.
+        phases = extensions.for_chain(snapshot, waypoint, service, sp.port)
+        http_authz = (
+            custom_http + extensions.http_filters(phases, snapshot, "AUTHN") + chain_authn
+            + extensions.http_filters(phases, snapshot, "AUTHZ") + rbac_http
+        )
+        http_late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+        tcp_authz = (
+            custom_tcp + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + rbac_tcp
+            + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+        )
+        domains.append(f"{service.vip}:{sp.port}")
+        http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
+        endpoints = service.endpoints_for(sp.port)
+        tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot))
+        route_name = f"{service.fqdn}:{sp.port}"
+        match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
+        if sp.protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN"):
+            add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot))
+            route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, route_name)
+            routes.append(route_config)
+            for backend, port in backend_clusters:
+                backend_service = snapshot.service_by_fqdn(backend)
+                assert backend_service is not None  # routing only names existing backends here
+                bp = backend_service.port(port)
+                bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
+                add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp, snapshot))
+        l4 = snapshot.l4routes_for(service.key, sp.port)
+        if l4 is not None:
+            if l4.kind == "TLSRoute":
+                tls_ports.add(sp.port)
+            chains.extend(_l4_chains(snapshot, service, sp.port, match, l4, add_cluster, tcp_authz))
+            continue
+        if sp.protocol == "UNKNOWN":
+            sniff_ports.add(sp.port)
+        chains.extend(
+            _chains(
+                f"{service.fqdn}:{sp.port}",
+                match,
+                sp.protocol,
+                _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp), observed, snapshot.mesh_config), http_late,
+                    grpc=_protocol(snapshot, service, sp) == "grpc"),
+                tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service, chain=observed, mesh=snapshot.mesh_config))],
+            )
+        )
+    return out.section()
+
+
+def _workload_section(snapshot: MeshSnapshot, waypoint: Waypoint) -> Section:
+    """The chains and clusters of the workloads (pod IPs) this waypoint serves."""
+    out = _Builder()
+    add_cluster = out.add_cluster
+    chains, domains, sniff_ports = out.chains, out.domains, out.sniff_ports
+    jwks = dict(snapshot.jwks_documents)
+    workload_policies = list(snapshot.waypoint_chain("authz", waypoint.ref, None))
+    workload_authn = jwt.jwt_filters(list(snapshot.waypoint_chain("authn", waypoint.ref, None)), jwks)
     workload_observed = telemetry_api.for_chain(snapshot, waypoint, None)
     workload_custom_http, workload_custom_tcp = extauthz.http_filters(workload_policies, snapshot), extauthz.network_filters(workload_policies, snapshot)
     workload_rbac_http, workload_rbac_tcp = rbac.http_filters(workload_policies), rbac.network_filters(workload_policies)
     if served_workloads(snapshot, waypoint):
-        add_authz_clusters(workload_policies)
+        out.add_authz_clusters(snapshot, workload_policies)
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:
@@ -269,7 +313,70 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
                     workload_tcp_authz + [c.tcp_proxy(f"inbound_pod_{workload.address}_{wp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", None, chain=workload_observed, mesh=snapshot.mesh_config))],
                 )
             )
+    return out.section()
 
+
+def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict[str, Any]]]:
+    return translate_cached(snapshot, waypoint, None, None)[0]
+
+
+def _section(memo: Memo | None, diff: Diff | None, key: str, args: tuple, compute, snapshot: MeshSnapshot,
+             sections: dict[str, tuple[tuple, frozenset, Section]]) -> Section:
+    """A section's earlier result when neither its arguments nor anything it read changed; else computed
+    again, reading through a `Recorder` when there is a `diff` (incremental mode) to remember its reads."""
+    if memo is not None and diff is not None:
+        previous = memo.sections.get(key)
+        if previous is not None and previous[0] == args and not diff.any_changed(previous[1]):
+            sections[key] = previous
+            return previous[2]
+    if diff is None:
+        return compute(snapshot)
+    recorder = Recorder(snapshot)
+    result = compute(recorder)
+    sections[key] = (args, frozenset(recorder.deps), result)
+    return result
+
+
+def _same(memo: Memo | None, assembled: dict[str, tuple[tuple, dict[str, Any]]], name: str, parts: tuple, build) -> dict[str, Any]:
+    """The listener built from `parts`; the earlier object itself when its parts are equal (identical parts
+    compare in constant time)."""
+    previous = memo.assembled.get(name) if memo is not None else None
+    listener = previous[1] if previous is not None and previous[0] == parts else build()
+    assembled[name] = (parts, listener)
+    return listener
+
+
+def translate_cached(
+    snapshot: MeshSnapshot, waypoint: Waypoint, memo: Memo | None, diff: Diff | None
+) -> tuple[dict[str, list[dict[str, Any]]], Memo]:
+    """`translate`, reusing from `memo` (what the translation of an earlier snapshot left; `diff` compares
+    that snapshot with this one) every section whose inputs did not change. Same result as `translate`."""
+    sections: dict[str, tuple[tuple, frozenset, Section]] = {}
+    parts = [
+        _section(memo, diff, f"service/{service.key}", (waypoint, service), lambda s, service=service: _service_section(s, waypoint, service), snapshot, sections)
+        for service in served_services(snapshot, waypoint)
+    ]
+    parts.append(_section(memo, diff, "workloads", (waypoint,), lambda s: _workload_section(s, waypoint), snapshot, sections))
+    clusters: dict[str, dict[str, Any]] = {}
+    routes: list[dict[str, Any]] = []
+    chains: list[dict[str, Any]] = []
+    domains: list[str] = []
+    sniff_ports: set[int] = set()
+    tls_ports: set[int] = set()
+    for part in parts:
+        for cluster in part.clusters:
+            clusters.setdefault(cluster["name"], cluster)
+        routes.extend(part.routes)
+        chains.extend(part.chains)
+        domains.extend(part.domains)
+        sniff_ports |= part.sniff_ports
+        tls_ports |= part.tls_ports
+
+    def add_cluster(cluster: dict[str, Any]) -> str:
+        clusters.setdefault(cluster["name"], cluster)
+        return cluster["name"]
+
+    assembled: dict[str, tuple[tuple, dict[str, Any]]] = {}
     listener_filters = [{"name": "envoy.filters.listener.original_dst", "typed_config": {"@type": c.T_ORIGINAL_DST}}]
     # Inspectors wait for the client's first bytes, which would stall server-first protocols on other
     # ports: each runs only on the ports that need it.
@@ -281,34 +388,38 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
         listener_filters.append(
             {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": c.T_TLS_INSPECTOR}, "filter_disabled": _not_ports(tls_ports)}
         )
+    sorted_domains = tuple(sorted(domains))
+    sorted_chains = tuple(sorted(chains, key=lambda ch: ch["name"]))
     listeners = [
-        {
+        _same(memo, assembled, CONNECT_TERMINATE, (waypoint, sorted_domains), lambda: {
             "name": CONNECT_TERMINATE,
             "address": c.socket_address(waypoint.address, c.HBONE_PORT),
             "filter_chains": [
                 {
                     "transport_socket": c.downstream_mtls(waypoint.identity),
-                    "filters": c.connect_terminate_filters(CONNECT_TERMINATE, sorted(domains), MAIN_INTERNAL),
+                    "filters": c.connect_terminate_filters(CONNECT_TERMINATE, list(sorted_domains), MAIN_INTERNAL),
                 }
             ],
-        },
-        {
+        }),
+        _same(memo, assembled, MAIN_INTERNAL, (sorted_chains, listener_filters), lambda: {
             "name": MAIN_INTERNAL,
             "internal_listener": {},
             "listener_filters": listener_filters,
-            "filter_chains": sorted(chains, key=lambda ch: ch["name"]),
+            "filter_chains": list(sorted_chains),
             "default_filter_chain": c.deny_chain("main_internal_unmatched"),
-        },
+        }),
         # The waypoint is the source of its own hop to the destination ztunnel (Istio §4.5).
-        c.originate_listener(CONNECT_ORIGINATE, CONNECT_ORIGINATE, tunnel=True, headers=_waypoint_source_headers(waypoint)),
-        c.originate_listener(PLAIN_ORIGINATE, PLAIN_ORIGINATE, tunnel=False),
+        _same(memo, assembled, CONNECT_ORIGINATE, (waypoint,), lambda: c.originate_listener(
+            CONNECT_ORIGINATE, CONNECT_ORIGINATE, tunnel=True, headers=_waypoint_source_headers(waypoint))),
+        _same(memo, assembled, PLAIN_ORIGINATE, (), lambda: c.originate_listener(PLAIN_ORIGINATE, PLAIN_ORIGINATE, tunnel=False)),
     ]
     add_cluster(c.internal_cluster(MAIN_INTERNAL, MAIN_INTERNAL))
     add_cluster(c.originate_cluster(CONNECT_ORIGINATE, waypoint.identity))
     add_cluster(c.originate_cluster(PLAIN_ORIGINATE, None))
-    return {
+    result = {
         "listeners": sorted(listeners, key=lambda l: l["name"]),
         "clusters": [clusters[k] for k in sorted(clusters)],
         "routes": sorted(routes, key=lambda r: r["name"]),
         "secrets": [c.ROOT_CA_SECRET, waypoint.identity],
     }
+    return result, Memo(sections, assembled)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from waypost.api import Diagnostic, Resource, load_paths
-from waypost.envoy import translate, with_patch_status
+from waypost.envoy import TranslationCache, translate, translate_incremental, with_patch_status
+from waypost.envoy import translate as _full_translate
 from waypost.mesh import MeshSnapshot, address_assignments, build
 
 from .control import diagnostic_to_json
@@ -60,6 +61,7 @@ class Running:
     snapshot: MeshSnapshot
     generation: int
     history: dict[Key, ResourceHistory]
+    translation: TranslationCache | None = None  # what translating `snapshot` left for the next change
 
 
 @dataclass
@@ -202,15 +204,18 @@ class Changes:
         running = self._current()
         resources = compose(base, overlay)
         outcome = Outcome(generation=running.generation)
-        if not force and not changed_keys(running.resources, resources):
+        if not force and not _changed_keys(running.resources, resources):
             # Nothing that runs changes (an unchanged apply, a comment edit): only the bookkeeping moves.
             if not dry_run and (overlay != running.overlay or list(base) != list(running.base)):
-                self._commit(Running(base, overlay, running.resources, running.snapshot, running.generation, running.history), overlay != running.overlay)
+                self._commit(Running(base, overlay, running.resources, running.snapshot, running.generation, running.history, running.translation), overlay != running.overlay)
             outcome.timings_ms["total"] = _ms(started)
             return outcome
         try:
             snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config)))
-            configs = translate(snapshot)
+            if translate is _full_translate:
+                configs, translation = translate_incremental(snapshot, running.translation)
+            else:  # `translate` was replaced (the seam tests/e2e/test_live_rollback.py uses): no cache
+                configs, translation = translate(snapshot), None
             snapshot = with_patch_status(snapshot, configs)
         except Exception as exc:  # noqa: BLE001 - e.g. AddressSpaceExhausted; the running config must stay
             log.exception("cannot build the changed configuration")
@@ -243,8 +248,8 @@ class Changes:
             log.error("%s change failed: %s", source, "; ".join(outcome.errors))
             sup.write_state()
             return outcome
-        history = track(running.history, running.resources, resources, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        self._commit(Running(base, overlay, resources, snapshot, generation, history), overlay != running.overlay)
+        history = _track(running.history, running.resources, resources, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._commit(Running(base, overlay, resources, snapshot, generation, history, translation), overlay != running.overlay)
         outcome.generation = generation
         outcome.timings_ms["total"] = _ms(started)
         log.info(
@@ -258,6 +263,25 @@ class Changes:
             save_overlay(self._sup.state.applied_file, running.overlay)
         self._sup.publish(running)
         self._sup.write_state()
+
+
+def _changed_keys(old: Sequence[Resource], new: Sequence[Resource]) -> set[Key]:
+    """`manifests.changed_keys`, without dumping the resources that are the very same objects on both sides
+    (after one `apply`, all but the applied ones): comparing dumps of the whole mesh cost O(mesh) per change."""
+    old_ids, new_ids = {id(r) for r in old}, {id(r) for r in new}
+    return changed_keys([r for r in old if id(r) not in new_ids], [r for r in new if id(r) not in old_ids])
+
+
+def _track(history: dict[Key, ResourceHistory], old: Sequence[Resource], new: Sequence[Resource], now: str) -> dict[Key, ResourceHistory]:
+    """`manifests.track`, keeping the entry of every resource that is the very same object as before without
+    comparing its spec (which dumps it); same result."""
+    old_ids = {id(r) for r in old}
+    keys = [r.key for r in new]
+    same = {key for key, r in zip(keys, new) if id(r) in old_ids and key in history}
+    others = [r for key, r in zip(keys, new) if key not in same]
+    wanted = {r.key for r in others}
+    tracked = track(history, [r for r in old if id(r) not in old_ids or r.key in wanted], others, now) if others else {}
+    return {key: history[key] if key in same else tracked[key] for key in keys}
 
 
 def _changed_patches(before: Sequence[Resource], after: Sequence[Resource]) -> list[str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from waypost.api.meta import Resource
 from waypost.mesh import MeshSnapshot
+from waypost.mesh.tracking import Diff, Recorder
 
 from .manifests import Key, ResourceHistory
 
@@ -73,8 +75,30 @@ def resource_documents(
     `previous` the documents written before: a condition whose status did not change keeps its
     `lastTransitionTime`, as the API server keeps it.
     """
+    return resource_documents_cached(resources, snapshot, now, history, previous, None)[0]
+
+
+@dataclass(frozen=True)
+class DocumentCache:
+    """What `resource_documents_cached` leaves for the next call: the snapshot, and per resource key the
+    resource object, its history entry, what its document read from the snapshot, and the document."""
+
+    snapshot: MeshSnapshot | None = None
+    documents: Mapping[Key, tuple[Resource, ResourceHistory | None, frozenset, dict[str, Any]]] = field(default_factory=dict)
+
+
+def resource_documents_cached(
+    resources: Sequence[Resource],
+    snapshot: MeshSnapshot,
+    now: str,
+    history: Mapping[Key, ResourceHistory] | None,
+    previous: Sequence[dict[str, Any]],
+    cache: DocumentCache | None,
+) -> tuple[list[dict[str, Any]], DocumentCache]:
+    """`resource_documents`, reusing the earlier document of every resource that is the same object, with
+    the same history, whose status reads from the snapshot give the same answers (`cache` is what the call
+    that wrote `previous` returned). Dumping every resource's model on every change was O(mesh) per apply."""
     from waypost.api.gateway import GatewayClass
-    from waypost.mesh.status import resource_status
     from waypost.mesh.waypoints import MESH_CONTROLLER, WAYPOINT_CLASS
 
     resources = list(resources)
@@ -86,33 +110,52 @@ def resource_documents(
                 {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": WAYPOINT_CLASS}, "spec": {"controllerName": MESH_CONTROLLER}}
             )
         )
-    earlier = {_doc_key(d): d for d in previous}
+    earlier: dict[tuple[str, str, str], dict[str, Any]] | None = None
+    diff = Diff(cache.snapshot if cache is not None else None, snapshot)
+    known = cache.documents if cache is not None else {}
+    kept: dict[Key, tuple[Resource, ResourceHistory | None, frozenset, dict[str, Any]]] = {}
     docs = []
     for r in resources:
-        doc = _prune(r.model_dump(by_alias=True, exclude_none=True, mode="json"))
-        meta = doc.setdefault("metadata", {})
-        if r.NAMESPACED:
-            meta["namespace"] = r.namespace
         seen = history.get(r.key)
-        meta.setdefault("creationTimestamp", seen.created if seen else now)
-        meta.setdefault("generation", seen.generation if seen else 1)
-        if r.KIND == "Service":
-            service = snapshot.service(f"{r.namespace}/{r.name}")
-            if service is not None:
-                doc.setdefault("spec", {})["clusterIP"] = service.vip
-                doc["spec"]["clusterIPs"] = [service.vip]
-        status = resource_status(r, snapshot)
-        if status is not None:
-            before = dict(_keyed_conditions(earlier.get(_doc_key(doc), {}).get("status", {})))
-            for where, condition in _keyed_conditions(status):
-                condition["observedGeneration"] = meta["generation"]
-                old = before.get(where)
-                if old is not None and old.get("status") == condition.get("status") and old.get("lastTransitionTime"):
-                    condition["lastTransitionTime"] = old["lastTransitionTime"]
-                condition.setdefault("lastTransitionTime", now)
-            doc["status"] = status
+        hit = known.get(r.key)
+        if hit is not None and hit[0] is r and seen is not None and hit[1] == seen and not diff.any_changed(hit[2]):
+            kept[r.key] = hit
+            docs.append(hit[3])
+            continue
+        if earlier is None:
+            earlier = {_doc_key(d): d for d in previous}
+        recorder = Recorder(snapshot)
+        doc = _document(r, recorder, now, seen, earlier)  # type: ignore[arg-type] - reads like a MeshSnapshot
+        kept[r.key] = (r, seen, frozenset(recorder.deps), doc)
         docs.append(doc)
-    return docs
+    return docs, DocumentCache(snapshot, kept)
+
+
+def _document(r: Resource, snapshot: MeshSnapshot, now: str, seen: ResourceHistory | None, earlier: Mapping[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any]:
+    from waypost.mesh.status import resource_status
+
+    doc = _prune(r.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    meta = doc.setdefault("metadata", {})
+    if r.NAMESPACED:
+        meta["namespace"] = r.namespace
+    meta.setdefault("creationTimestamp", seen.created if seen else now)
+    meta.setdefault("generation", seen.generation if seen else 1)
+    if r.KIND == "Service":
+        service = snapshot.service(f"{r.namespace}/{r.name}")
+        if service is not None:
+            doc.setdefault("spec", {})["clusterIP"] = service.vip
+            doc["spec"]["clusterIPs"] = [service.vip]
+    status = resource_status(r, snapshot)
+    if status is not None:
+        before = dict(_keyed_conditions(earlier.get(_doc_key(doc), {}).get("status", {})))
+        for where, condition in _keyed_conditions(status):
+            condition["observedGeneration"] = meta["generation"]
+            old = before.get(where)
+            if old is not None and old.get("status") == condition.get("status") and old.get("lastTransitionTime"):
+                condition["lastTransitionTime"] = old["lastTransitionTime"]
+            condition.setdefault("lastTransitionTime", now)
+        doc["status"] = status
+    return doc
 
 
 def _doc_key(doc: dict[str, Any]) -> tuple[str, str, str]:

@@ -78,10 +78,10 @@ class ProxyFleet:
         if self.configs.get(pid) == config:
             return False
         snapshot = xds_snapshot(config, secret_resources(self.ca, config.secrets, self._certs))
-        self.xds.set_snapshot(pid, snapshot)
+        versions = self.xds.set_snapshot(pid, snapshot)
         self.configs[pid] = config
         self.generations[pid] = generation
-        self._versions[pid] = {t: snapshot.version(t) for t in snapshot.resources}
+        self._versions[pid] = {t: versions.get(t, "") for t in snapshot.resources}
         return True
 
     # -- processes -------------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ def build(
         previous, plan.vip, "svc",
     )
     services: dict[str, Service] = {}
+    workload_index = registry.WorkloadIndex(workloads)
     for svc in service_resources:
         ports = registry.service_ports(svc)
         service_binding = resolve("Service", svc.namespace, svc.labels)
@@ -210,7 +211,7 @@ def build(
             vip=vips[key],
             ports=ports,
             waypoint=service_binding.waypoint,
-            endpoints=registry.endpoints(svc, ports, workloads, entry_ports),
+            endpoints=registry.endpoints(svc, ports, workload_index, entry_ports),
         )
         if service_binding.condition is not None:
             statuses.append(ResourceStatus("Service", svc.namespace, svc.name, (service_binding.condition,)))
@@ -224,7 +225,7 @@ def build(
             vip=entry.spec.addresses[0].split("/")[0] if entry.spec.addresses else vips[key],
             ports=ports,
             waypoint=entry_binding.waypoint,
-            endpoints=registry.service_entry_endpoints(entry, ports, workloads),
+            endpoints=registry.service_entry_endpoints(entry, ports, workload_index),
             kind="ServiceEntry",
             hostname=entry.spec.hosts[0],
         )

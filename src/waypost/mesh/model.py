@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from .addresses import AddressPlan
@@ -371,60 +372,128 @@ class MeshSnapshot:
     wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
 
+    # Lookups by key. The snapshot is immutable, so each index is built once, on first use, and kept on the
+    # instance (cached_property writes the instance dict, which a frozen dataclass allows); they are not
+    # fields, so equality, hashing and `dataclasses.replace` ignore them. Translation calls these in loops
+    # over every service and endpoint: linear scans made it O(services²). As the scans did, the first of
+    # equal keys wins.
+
+    @cached_property
+    def _services_by_key(self) -> dict[str, Service]:
+        return _first_by(self.services, lambda s: s.key)
+
+    @cached_property
+    def _services_by_fqdn(self) -> dict[str, Service]:
+        return _first_by(self.services, lambda s: s.fqdn)
+
+    @cached_property
+    def _waypoints_by_ref(self) -> dict[WaypointRef, Waypoint]:
+        return _first_by(self.waypoints, lambda w: w.ref)
+
+    @cached_property
+    def _workloads_by_key(self) -> dict[str, Workload]:
+        return _first_by(self.workloads, lambda w: w.key)
+
+    @cached_property
+    def _routes_by_port(self) -> dict[tuple[str, int], ServiceRoutes]:
+        return _first_by(self.routes, lambda r: (r.service, r.port))
+
+    @cached_property
+    def _l4routes_by_port(self) -> dict[tuple[str, int], L4Routes]:
+        return _first_by(self.l4routes, lambda r: (r.service, r.port))
+
+    @cached_property
+    def _statuses_by_name(self) -> dict[tuple[str, str, str], ResourceStatus]:
+        return _first_by(self.statuses, lambda s: (s.kind, s.namespace, s.name))
+
+    @cached_property
+    def _wasm_modules_by_url(self) -> dict[str, WasmModule]:
+        return _first_by(self.wasm_modules, lambda m: m.url)
+
+    @cached_property
+    def _authz_providers_by_name(self) -> dict[str, AuthzProvider]:
+        return _first_by(self.authz_providers, lambda p: p.name)
+
+    @cached_property
+    def services_of_waypoint(self) -> dict[WaypointRef, tuple[Service, ...]]:
+        """Services bound to each waypoint, in snapshot order."""
+        out: dict[WaypointRef, list[Service]] = {}
+        for s in self.services:
+            if s.waypoint is not None:
+                out.setdefault(s.waypoint, []).append(s)
+        return {ref: tuple(items) for ref, items in out.items()}
+
+    @cached_property
+    def policy_chains(self) -> Any:
+        """AuthorizationPolicies indexed by target (`policies.TargetIndex`), for per-chain lookups."""
+        from .policies import TargetIndex
+
+        return TargetIndex(self.authorization_policies)
+
+    @cached_property
+    def authn_chains(self) -> Any:
+        """RequestAuthentications indexed by target (`policies.TargetIndex`)."""
+        from .policies import TargetIndex
+
+        return TargetIndex(self.request_authentications)
+
+    @cached_property
+    def extension_chains(self) -> Any:
+        """WasmPlugins/TrafficExtensions indexed by target (`policies.TargetIndex`)."""
+        from .policies import TargetIndex
+
+        return TargetIndex(self.extensions)
+
+    def waypoint_chain(self, kind: str, waypoint: WaypointRef, service: str | None) -> tuple:
+        """The policies of one waypoint chain, as `policies.for_waypoint_chain` finds them: `kind` is "authz"
+        (AuthorizationPolicy), "authn" (RequestAuthentication) or "extensions" (WasmPlugin/TrafficExtension);
+        `service` is the chain's service key, None for a workload chain. Keys, not values, as arguments: the
+        call is cheap to remember and compare (`tracking.Recorder`)."""
+        index = {"authz": self.policy_chains, "authn": self.authn_chains, "extensions": self.extension_chains}[kind]
+        target = self.service(service) if service is not None else None
+        if service is not None and target is None:
+            raise KeyError(f"no service {service!r} in this snapshot")
+        return tuple(index.chain(waypoint, target, self.root_namespace))
+
     def wasm_module(self, url: str) -> WasmModule:
-        for m in self.wasm_modules:
-            if m.url == url:
-                return m
-        return WasmModule(url, error="the module has not been fetched")
+        found = self._wasm_modules_by_url.get(url)
+        return found if found is not None else WasmModule(url, error="the module has not been fetched")
 
     def authz_provider(self, name: str) -> AuthzProvider:
         """The provider a CUSTOM policy names; one with `error` set when it is not usable (Istio getExtAuthz)."""
-        for p in self.authz_providers:
-            if p.name == name:
-                return p
+        found = self._authz_providers_by_name.get(name)
+        if found is not None:
+            return found
         available = sorted(p.name for p in self.authz_providers)
         return AuthzProvider(name, False, None, error=f"available providers are {available} but found {name!r}")
 
     def service(self, key: str) -> Service | None:
-        for s in self.services:
-            if s.key == key:
-                return s
-        return None
+        return self._services_by_key.get(key)
 
     def service_by_fqdn(self, fqdn: str) -> Service | None:
-        for s in self.services:
-            if s.fqdn == fqdn:
-                return s
-        return None
+        return self._services_by_fqdn.get(fqdn)
 
     def waypoint(self, ref: WaypointRef | None) -> Waypoint | None:
         if ref is None:
             return None
-        for w in self.waypoints:
-            if w.ref == ref:
-                return w
-        return None
+        return self._waypoints_by_ref.get(ref)
 
     def workload(self, key: str) -> Workload | None:
-        for w in self.workloads:
-            if w.key == key:
-                return w
-        return None
+        return self._workloads_by_key.get(key)
 
     def routes_for(self, service_key: str, port: int) -> ServiceRoutes | None:
-        for r in self.routes:
-            if r.service == service_key and r.port == port:
-                return r
-        return None
+        return self._routes_by_port.get((service_key, port))
 
     def l4routes_for(self, service_key: str, port: int) -> L4Routes | None:
-        for r in self.l4routes:
-            if r.service == service_key and r.port == port:
-                return r
-        return None
+        return self._l4routes_by_port.get((service_key, port))
 
     def status_of(self, kind: str, namespace: str, name: str) -> ResourceStatus | None:
-        for s in self.statuses:
-            if (s.kind, s.namespace, s.name) == (kind, namespace, name):
-                return s
-        return None
+        return self._statuses_by_name.get((kind, namespace, name))
+
+
+def _first_by(items, key) -> dict:
+    """items by key; the first of equal keys wins (as a scan in order would find it)."""
+    out: dict = {}
+    for item in items:
+        out.setdefault(key(item), item)
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from waypost.api.core import Deployment, Pod, PodSpec, Service as ServiceResource
 from waypost.api.networking import WorkloadEntry
@@ -153,14 +153,39 @@ def resolve_target(port: ServicePort, workload: Workload, entry_ports: Mapping[s
     return workload.port_named(port.target_port)
 
 
+class WorkloadIndex:
+    """Workloads by (namespace, label, value), for selector matching without a scan of every workload per
+    Service (which made `build` O(services × workloads)). Each list keeps the input order, so candidates come
+    out in the order a scan would have seen them."""
+
+    def __init__(self, workloads: Sequence[Workload]) -> None:
+        self.by_namespace: dict[str, list[tuple[Workload, dict[str, str]]]] = {}
+        self._by_label: dict[tuple[str, str, str], list[tuple[Workload, dict[str, str]]]] = {}
+        for w in workloads:
+            if w.is_waypoint:
+                continue  # never a Service endpoint
+            item = (w, w.label_map)
+            self.by_namespace.setdefault(w.namespace, []).append(item)
+            for k, v in w.labels:
+                self._by_label.setdefault((w.namespace, k, v), []).append(item)
+
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[Workload]:
+        """Workloads of `namespace` whose labels include all of `selector` (none for an empty selector)."""
+        if not selector:
+            return []
+        k, v = next(iter(selector.items()))
+        return [w for w, labels in self._by_label.get((namespace, k, v), ()) if all(labels.get(a) == b for a, b in selector.items())]
+
+
 def endpoints(
     service: ServiceResource,
     ports: tuple[ServicePort, ...],
-    workloads: list[Workload],
+    workloads: list[Workload] | WorkloadIndex,
     entry_ports: Mapping[str, Mapping[str, int]],
 ) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
     # A Service selects pods (and WorkloadEntries) of its own namespace only.
-    selected = [w for w in workloads if w.namespace == service.namespace and not w.is_waypoint and selects(service, w.label_map)]
+    index = workloads if isinstance(workloads, WorkloadIndex) else WorkloadIndex(workloads)
+    selected = index.selected(service.namespace, service.spec.selector)
     out = []
     for port in ports:
         eps = []
@@ -202,14 +227,12 @@ def service_entry_ports(entry) -> tuple[ServicePort, ...]:
     return tuple(out)
 
 
-def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: list[Workload]) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
+def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: list[Workload] | WorkloadIndex) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
     """STATIC/DNS endpoints (plain TCP to the address) or the workloads its workloadSelector picks."""
     out = []
     selector = (entry.spec.workload_selector or {}).get("labels")
-    selected = [
-        w for w in workloads
-        if selector and w.namespace == entry.namespace and not w.is_waypoint and all(w.label_map.get(k) == v for k, v in selector.items())
-    ]
+    index = workloads if isinstance(workloads, WorkloadIndex) else WorkloadIndex(workloads)
+    selected = index.selected(entry.namespace, selector)
     for port in ports:
         eps = []
         if entry.spec.resolution != "NONE":

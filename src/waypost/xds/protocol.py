@@ -36,6 +36,7 @@ class _TypeState:
     sent_version: str | None = None  # None: nothing sent on this stream yet
     sent_names: frozenset[str] | None = None
     answer_next: bool = False  # answer the next request even if nothing changed (see cluster warming)
+    sent: dict[str, any_pb2.Any] = field(default_factory=dict)  # named types: what this stream last sent per name
 
 
 @dataclass
@@ -55,10 +56,13 @@ class StreamProtocol:
         state = self.types.setdefault(type_url, _TypeState())
         if request.response_nonce:
             if request.response_nonce != state.nonce:
+                if request.HasField("error_detail"):
+                    state.sent = {}  # a superseded response was rejected: resend everything on the next push
                 return []  # stale: answers a response that a newer one superseded; Envoy answers that one too
             if request.HasField("error_detail"):
                 message = request.error_detail.message
                 self.nacked[type_url] = (state.sent_version or "", message)
+                state.sent = {}  # Envoy kept its old resources: the next answer sends every subscribed one again
                 _log.warning("node %s rejected %s version %s: %s", self.node_id, short_name(type_url),
                              state.sent_version, message)
             else:
@@ -76,7 +80,7 @@ class StreamProtocol:
         responses = []
         for type_url in PUSH_ORDER:
             if type_url in self.types and self.types[type_url].requested:
-                response = self._response(type_url, snapshot, initial=False)
+                response = self._response(type_url, snapshot, initial=False, push=True)
                 if response is not None:
                     responses.append(response)
         return responses
@@ -96,7 +100,7 @@ class StreamProtocol:
         )
 
     def _response(
-        self, type_url: str, snapshot: EncodedSnapshot | None, *, initial: bool
+        self, type_url: str, snapshot: EncodedSnapshot | None, *, initial: bool, push: bool = False
     ) -> discovery_pb2.DiscoveryResponse | None:
         if snapshot is None:
             return None  # nothing to serve yet; the snapshot's arrival will push
@@ -117,7 +121,20 @@ class StreamProtocol:
             if unchanged and not initial and not state.answer_next:
                 return None
             # Names the snapshot lacks are left out rather than waited for, so the stream never blocks.
-            chosen = [available[name] for name in sorted(names) if name in available]
+            wanted = [name for name in sorted(names) if name in available]
+            if push and not state.answer_next and state.sent_names == names:
+                # A new snapshot for an unchanged subscription: only the resources that differ from what this
+                # stream sent. Envoy updates the named resources a SotW response carries and keeps the others
+                # (xDS protocol: only Listener and Cluster responses must hold the whole state), so a waypoint
+                # with 1000 RouteConfigurations is not sent (and does not parse) 1000 for one route change.
+                changed = [name for name in wanted if not _same(state.sent.get(name), available[name])]
+                if changed:
+                    wanted = changed
+            chosen = [available[name] for name in wanted]
+            if push and state.sent_names == names:
+                state.sent.update(zip(wanted, chosen))
+            else:
+                state.sent = dict(zip(wanted, chosen))
         state.nonce = self.new_nonce()
         state.sent_version = version
         state.sent_names = names
@@ -132,3 +149,8 @@ class StreamProtocol:
         return discovery_pb2.DiscoveryResponse(
             version_info=version, resources=chosen, type_url=type_url, nonce=state.nonce
         )
+
+
+def _same(sent: any_pb2.Any | None, current: any_pb2.Any) -> bool:
+    # Encoded resources are cached by content digest, so an unchanged one is usually the same object.
+    return sent is not None and (sent is current or sent == current)

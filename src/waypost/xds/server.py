@@ -82,6 +82,11 @@ class XdsServer:
         self._listeners: list[Callable[[NodeStatus], None]] = []
         self._cache: OrderedDict[tuple[str, str, str], any_pb2.Any] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # node -> (type_url, name) -> (resource dict, its digest), for the snapshot served now. A resource that
+        # is the same object in the next snapshot keeps its digest: hashing the canonical JSON of every
+        # resource on every push (a waypoint's main listener is megabytes) was most of a push's cost. The
+        # snapshot's dicts are never modified once handed over, and holding them keeps their ids valid.
+        self._digests: dict[str, dict[tuple[str, str], tuple[object, str]]] = {}
         self._seq = itertools.count(1)
         self._nonces = itertools.count(1)
         self._server: grpc.Server | None = None
@@ -137,19 +142,26 @@ class XdsServer:
 
     # --- configuration ---------------------------------------------------------------------------
 
-    def set_snapshot(self, node_id: str, snapshot: Snapshot) -> None:
-        """Store the node's snapshot and push changed types. Raises EncodeError before changing anything."""
-        encoded = self._encode(snapshot)
+    def set_snapshot(self, node_id: str, snapshot: Snapshot) -> Mapping[str, str]:
+        """Store the node's snapshot and push changed types; returns its version per type (as
+        `Snapshot.version` computes them). Raises EncodeError before changing anything."""
+        digests: dict[tuple[str, str], tuple[object, str]] = {}
+        encoded = self._encode(snapshot, self._digests.get(node_id, {}), digests)
         with self._lock:
             previous = self._snapshots.get(node_id)
             self._snapshots[node_id] = encoded
+            self._digests[node_id] = digests
             streams = list(self._live.get(node_id, ()))
         if previous is None or previous.versions != encoded.versions:
             for stream in streams:
                 stream.queue.put(_PUSH)
         self._notify(node_id)
+        return encoded.versions
 
-    def _encode(self, snapshot: Snapshot) -> EncodedSnapshot:
+    def _encode(
+        self, snapshot: Snapshot, known: Mapping[tuple[str, str], tuple[object, str]] | None = None,
+        digests_out: dict[tuple[str, str], tuple[object, str]] | None = None,
+    ) -> EncodedSnapshot:
         versions: dict[str, str] = {}
         resources: dict[str, Mapping[str, any_pb2.Any]] = {}
         for type_url, named in snapshot.resources.items():
@@ -159,10 +171,16 @@ class XdsServer:
             digests = []
             for name in sorted(named):
                 resource = named[name]
-                try:
-                    digest = resource_digest(resource)
-                except (TypeError, ValueError) as exc:
-                    raise EncodeError(type_url, name, f"not JSON-representable: {exc}") from exc
+                seen = known.get((type_url, name)) if known else None
+                if seen is not None and seen[0] is resource:
+                    digest = seen[1]
+                else:
+                    try:
+                        digest = resource_digest(resource)
+                    except (TypeError, ValueError) as exc:
+                        raise EncodeError(type_url, name, f"not JSON-representable: {exc}") from exc
+                if digests_out is not None:
+                    digests_out[(type_url, name)] = (resource, digest)
                 packed[name] = self._cached_encode(type_url, name, digest, resource)
                 digests.append((name, digest))
             versions[type_url] = type_version(digests)

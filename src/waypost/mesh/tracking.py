@@ -1,0 +1,106 @@
+"""What a computation read from a MeshSnapshot, so that its result can be reused for the next snapshot.
+
+Translation is a pure function of the snapshot, but one proxy (or one service's part of a waypoint) reads
+only a little of it. `Recorder` stands in for the snapshot while such a part is computed and notes every
+read: a field (`snapshot.services`) or a lookup (`snapshot.service("ns/name")`, `snapshot.workload(key)`,
+...). `Diff` then tells, for a newer snapshot, whether any of those reads would return something else. If
+none would, the part's earlier result is still exact, whatever the code that computed it does with what
+it read, so no hand-written list of dependencies can go stale.
+
+Values are compared with `==`: snapshot values are frozen dataclasses, tuples and API models, compared
+by content. A read whose value cannot be compared that way (an index object, an unhashable argument)
+counts as changed every time, which is always safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+from .model import MeshSnapshot
+
+# Derived attributes of MeshSnapshot (indexes) → the field they are computed from.
+DERIVED: dict[str, str] = {
+    "policy_chains": "authorization_policies",
+    "authn_chains": "request_authentications",
+    "extension_chains": "extensions",
+    "services_of_waypoint": "services",
+}
+_FIELDS = frozenset(f.name for f in dataclasses.fields(MeshSnapshot))
+VOLATILE = ("volatile",)  # a read that must be treated as changed every time
+
+Dep = tuple
+
+
+class Recorder:
+    """A read-only MeshSnapshot stand-in that notes what is read (`deps`)."""
+
+    __slots__ = ("_snapshot", "deps")
+
+    def __init__(self, snapshot: MeshSnapshot) -> None:
+        object.__setattr__(self, "_snapshot", snapshot)
+        object.__setattr__(self, "deps", set())
+
+    def __getattr__(self, name: str) -> Any:
+        snapshot = object.__getattribute__(self, "_snapshot")
+        deps = object.__getattribute__(self, "deps")
+        value = getattr(snapshot, name)
+        if name not in _FIELDS and inspect.ismethod(value):
+            def call(*args: Any, **kwargs: Any) -> Any:
+                dep = ("call", name, args, tuple(sorted(kwargs.items())))
+                try:
+                    hash(dep)
+                except TypeError:
+                    dep = VOLATILE
+                deps.add(dep)
+                return value(*args, **kwargs)
+
+            return call
+        if name in _FIELDS:
+            deps.add(("attr", name))
+        elif name in DERIVED:
+            deps.add(("attr", DERIVED[name]))
+        else:
+            deps.add(VOLATILE)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _read(snapshot: MeshSnapshot, dep: Dep) -> Any:
+    if dep[0] == "attr":
+        return getattr(snapshot, dep[1])
+    _, name, args, kwargs = dep
+    return getattr(snapshot, name)(*args, **dict(kwargs))
+
+
+class Diff:
+    """Which reads give a different answer in `new` than in `old` (each read compared once, then remembered)."""
+
+    def __init__(self, old: MeshSnapshot | None, new: MeshSnapshot) -> None:
+        self.old = old
+        self.new = new
+        self._changed: dict[Dep, bool] = {}
+
+    def changed(self, dep: Dep) -> bool:
+        known = self._changed.get(dep)
+        if known is not None:
+            return known
+        if dep == VOLATILE or self.old is None:
+            result = True
+        elif self.old is self.new:
+            result = False
+        else:
+            try:
+                before, after = _read(self.old, dep), _read(self.new, dep)
+                result = not (before is after or before == after)
+            except Exception:  # noqa: BLE001 - a read that fails on either side cannot be vouched for
+                result = True
+        self._changed[dep] = result
+        return result
+
+    def any_changed(self, deps: Iterable[Dep]) -> bool:
+        return any(self.changed(d) for d in deps)

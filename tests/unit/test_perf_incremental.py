@@ -1,0 +1,250 @@
+"""The structures behind incremental translation (issue 8): snapshot indexes, policy and workload indexes,
+read tracking, `translate_incremental`, cached resource documents and partial RDS pushes. Each must give
+exactly what the plain computation gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from waypost.api import load_paths, load_text
+from waypost.envoy import translate, translate_incremental
+from waypost.mesh import AddressPlan, address_assignments, build
+from waypost.mesh import registry
+from waypost.mesh.policies import TargetIndex, for_waypoint_chain, targets_service, targets_waypoint
+from waypost.mesh.tracking import Diff, Recorder
+
+REPO = Path(__file__).resolve().parents[2]
+PLAN = AddressPlan(77)
+EXAMPLES = ("quickstart", "routing", "extauthz")
+
+
+def resources_of(name: str):
+    result = load_paths([REPO / "examples" / name])
+    assert not result.errors
+    return result.resources
+
+
+@pytest.fixture(scope="module", params=EXAMPLES)
+def snapshot(request):
+    return build(resources_of(request.param), PLAN)
+
+
+def test_snapshot_lookups_match_a_scan_in_order(snapshot):
+    for s in snapshot.services:
+        assert snapshot.service(s.key) is next(x for x in snapshot.services if x.key == s.key)
+        assert snapshot.service_by_fqdn(s.fqdn) is next(x for x in snapshot.services if x.fqdn == s.fqdn)
+        for p in s.ports:
+            assert snapshot.routes_for(s.key, p.port) is next((r for r in snapshot.routes if (r.service, r.port) == (s.key, p.port)), None)
+            assert snapshot.l4routes_for(s.key, p.port) is next((r for r in snapshot.l4routes if (r.service, r.port) == (s.key, p.port)), None)
+    for w in snapshot.workloads:
+        assert snapshot.workload(w.key) is w
+    for st in snapshot.statuses:
+        assert snapshot.status_of(st.kind, st.namespace, st.name) is next(x for x in snapshot.statuses if (x.kind, x.namespace, x.name) == (st.kind, st.namespace, st.name))
+    assert snapshot.service("nope/nothing") is None and snapshot.workload("nope/nothing") is None
+    assert snapshot.waypoint(None) is None
+    for wp in snapshot.waypoints:
+        assert snapshot.waypoint(wp.ref) is wp
+        assert snapshot.services_of_waypoint.get(wp.ref, ()) == tuple(s for s in snapshot.services if s.waypoint == wp.ref)
+
+
+def test_first_of_equal_keys_wins_as_in_a_scan(snapshot):
+    service = snapshot.services[0]
+    twin = dataclasses.replace(service, vip="127.9.9.9")
+    doubled = dataclasses.replace(snapshot, services=(service, twin, *snapshot.services[1:]))
+    assert doubled.service(service.key) is service
+    assert doubled.service_by_fqdn(service.fqdn) is service
+
+
+def _scan(policies, waypoint, service, root):
+    return [p for p in policies if p.spec.targets and (targets_waypoint(p, waypoint, root) or (service is not None and targets_service(p, service)))]
+
+
+def test_target_index_finds_what_a_scan_finds(snapshot):
+    for policies in (snapshot.authorization_policies, snapshot.request_authentications, snapshot.extensions):
+        index = TargetIndex(policies)
+        for wp in snapshot.waypoints:
+            for service in (None, *snapshot.services):
+                for root in (snapshot.root_namespace, "elsewhere"):
+                    expected = _scan(policies, wp, service, root)
+                    assert index.chain(wp, service, root) == expected
+                    assert for_waypoint_chain(policies, wp, service, root) == expected
+
+
+def test_target_index_keeps_order_and_does_not_repeat_a_policy_that_targets_twice():
+    text = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: b-both, namespace: ns}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}, {kind: Service, group: "", name: svc}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/x]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a-class, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/y]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: c-selector, namespace: ns}
+spec:
+  selector: {matchLabels: {app: svc}}
+  action: DENY
+  rules: [{to: [{operation: {ports: ["80"]}}]}]
+"""
+    loaded = load_text(text, "p.yaml")
+    assert not loaded.errors, [d.render() for d in loaded.errors]
+    policies = sorted(loaded.resources, key=lambda p: (p.namespace, p.name))
+    from waypost.mesh.model import Service, Waypoint
+
+    wp = Waypoint("ns", "wp", "127.0.0.1", "wp", "service", True)
+    svc = Service("ns", "svc", "127.0.0.2", (), None, ())
+    chain = TargetIndex(policies).chain(wp, svc, "istio-system")
+    assert [p.name for p in chain] == ["a-class", "b-both"] == [p.name for p in _scan(policies, wp, svc, "istio-system")]
+
+
+def test_workload_index_selects_what_a_scan_selects(snapshot):
+    index = registry.WorkloadIndex(snapshot.workloads)
+    selectors = [None, {}] + [dict(w.labels) for w in snapshot.workloads] + [{k: v} for w in snapshot.workloads for k, v in w.labels]
+    selectors.append({"app": "no-such-app"})
+    for namespace in {w.namespace for w in snapshot.workloads} | {"elsewhere"}:
+        for selector in selectors:
+            expected = [
+                w for w in snapshot.workloads
+                if selector and w.namespace == namespace and not w.is_waypoint and all(w.label_map.get(k) == v for k, v in selector.items())
+            ]
+            assert index.selected(namespace, selector) == expected
+
+
+def test_recorder_notes_fields_and_lookups_and_diff_compares_them(snapshot):
+    recorder = Recorder(snapshot)
+    service = snapshot.services[0]
+    assert recorder.service(service.key) is service
+    assert recorder.mesh_config is snapshot.mesh_config
+    _ = recorder.policy_chains
+    assert recorder.deps == {("call", "service", (service.key,), ()), ("attr", "mesh_config"), ("attr", "authorization_policies")}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recorder.services = ()
+    moved = dataclasses.replace(snapshot, services=(dataclasses.replace(service, vip="127.9.9.9"), *snapshot.services[1:]))
+    diff = Diff(snapshot, moved)
+    assert diff.changed(("call", "service", (service.key,), ()))
+    assert not diff.changed(("attr", "mesh_config"))
+    assert not diff.changed(("call", "service", ("nope/nothing",), ()))
+    assert Diff(None, snapshot).changed(("attr", "mesh_config"))  # nothing to compare with: changed
+
+
+def _configs_json(configs) -> str:
+    return json.dumps({k: dataclasses.asdict(v) for k, v in configs.items()}, sort_keys=True, default=str)
+
+
+ROUTE_CHANGE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: incremental-test, namespace: quickstart}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /p%d}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+"""
+
+POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: incremental-deny, namespace: quickstart}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+"""
+
+
+def test_translate_incremental_equals_translate_through_a_series_of_changes():
+    base = list(resources_of("quickstart"))
+    steps = [base]
+    for i in range(2):
+        steps.append(base + load_text(ROUTE_CHANGE % i, "r.yaml").resources)
+    steps.append(steps[-1] + load_text(POLICY, "p.yaml").resources)
+    steps.append([r for r in steps[-1] if not (r.KIND == "Service" and r.name == "echo-v1")])
+    steps.append(base)
+    cache = None
+    previous = None
+    for resources in steps:
+        snapshot = build(resources, PLAN, previous=address_assignments(previous) if previous else None)
+        configs, cache = translate_incremental(snapshot, cache)
+        assert _configs_json(configs) == _configs_json(translate(snapshot))
+        previous = snapshot
+
+
+def test_a_route_change_reuses_the_ztunnel_config_and_the_unchanged_waypoint_resources():
+    base = list(resources_of("quickstart"))
+    first = build(base + load_text(ROUTE_CHANGE % 1, "r.yaml").resources, PLAN)
+    configs, cache = translate_incremental(first)
+    second = build(base + load_text(ROUTE_CHANGE % 2, "r.yaml").resources, PLAN, previous=address_assignments(first))
+    again, _ = translate_incremental(second, cache)
+    ztunnels = [pid for pid, c in configs.items() if c.kind == "ztunnel"]
+    assert ztunnels and all(again[pid] is configs[pid] for pid in ztunnels)
+    waypoint = next(pid for pid, c in configs.items() if c.kind == "waypoint")
+    before = {r["name"]: r for r in configs[waypoint].routes}
+    after = {r["name"]: r for r in again[waypoint].routes}
+    changed = [name for name in after if after[name] is not before.get(name)]
+    assert changed == ["echo.quickstart.svc.cluster.local:80"]
+    assert all(a is b for a, b in zip(configs[waypoint].listeners, again[waypoint].listeners))
+
+
+def test_cached_resource_documents_equal_fresh_ones():
+    from waypost.local.documents import resource_documents, resource_documents_cached
+    from waypost.local.manifests import track
+
+    base = list(resources_of("quickstart"))
+    first = build(base, PLAN)
+    history = track({}, [], base, "t0")
+    docs, cache = resource_documents_cached(base, first, "t0", history, [], None)
+    assert docs == resource_documents(base, first, "t0", history, [])
+    changed = base + load_text(ROUTE_CHANGE % 3, "r.yaml").resources
+    second = build(changed, PLAN, previous=address_assignments(first))
+    history2 = track(history, base, changed, "t1")
+    again, _ = resource_documents_cached(changed, second, "t1", history2, docs, cache)
+    assert again == resource_documents(changed, second, "t1", history2, docs)
+    reused = sum(1 for d in again if any(d is old for old in docs))
+    assert reused >= len(base) - 3  # the documents whose status did not change are the earlier objects
+
+
+def test_a_push_for_an_unchanged_subscription_sends_only_the_changed_routes():
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from waypost.xds import TYPE_ROUTE
+    from waypost.xds.protocol import EncodedSnapshot, StreamProtocol
+
+    def encoded(bodies: dict[str, str]) -> EncodedSnapshot:
+        from google.protobuf import any_pb2, wrappers_pb2
+
+        packed = {}
+        for name, body in bodies.items():
+            a = any_pb2.Any()
+            a.Pack(wrappers_pb2.StringValue(value=body))
+            packed[name] = a
+        return EncodedSnapshot({TYPE_ROUTE: "v-" + "-".join(sorted(bodies.values()))}, {TYPE_ROUTE: packed})
+
+    nonces = iter(range(1, 100))
+    stream = StreamProtocol("n", lambda: str(next(nonces)))
+    one = encoded({"a": "1", "b": "1", "c": "1"})
+    [first] = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=TYPE_ROUTE, resource_names=["a", "b", "c"]), one)
+    assert len(first.resources) == 3
+    stream.on_request(discovery_pb2.DiscoveryRequest(type_url=TYPE_ROUTE, resource_names=["a", "b", "c"], response_nonce=first.nonce, version_info=first.version_info), one)
+    two = encoded({"a": "1", "b": "2", "c": "1"})
+    [pushed] = stream.on_snapshot(two)
+    assert pushed.version_info == two.versions[TYPE_ROUTE] and len(pushed.resources) == 1
+    # A NACK makes the next push carry every subscribed resource again.
+    stream.on_request(discovery_pb2.DiscoveryRequest(type_url=TYPE_ROUTE, resource_names=["a", "b", "c"], response_nonce=pushed.nonce, error_detail={"message": "no"}), two)
+    three = encoded({"a": "1", "b": "3", "c": "1"})
+    [full] = stream.on_snapshot(three)
+    assert len(full.resources) == 3
