@@ -90,3 +90,41 @@ def test_twenty_changes_under_traffic_lose_no_request(start_mesh, tmp_path):
     assert sum(served.values()) >= 100, served  # the loop really ran throughout
     enforced_after.sort()
     assert enforced_after[len(enforced_after) // 2] < 1.0, enforced_after  # typically a few ms
+
+
+def test_hundred_changes_under_http1_and_http2_load_lose_no_request(start_mesh, tmp_path):
+    """Issue 9's zero-loss check: 100 route and policy changes while HTTP/1.1 and HTTP/2 (h2c, one
+    multiplexed connection reused throughout) requests flow; no failure the policy does not explain."""
+    mesh = start_mesh(REPO / "examples" / "quickstart", name="reload100")
+    failures: list[str] = []
+    counts = {"http1": 0, "http2": 0}
+    stop = threading.Event()
+
+    def loop(http2: bool) -> None:
+        while not stop.is_set():
+            try:
+                r = mesh.request("quickstart/client", "http://echo/loop", timeout=5, http2=http2)
+                if r.status != 200:
+                    failures.append(f"{'h2' if http2 else 'h1'} {r.status} {r.body[:80]}")
+                counts["http2" if http2 else "http1"] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=loop, args=(h2,)) for h2 in (False, True)]
+    for w in workers:
+        w.start()
+    try:
+        for i in range(100):
+            file = tmp_path / f"change-{i}.yaml"
+            if i % 2 == 0:
+                file.write_text(ROUTE.format(target="echo-v2" if (i // 2) % 2 == 0 else "echo-v1"))
+                mesh.cli("apply", "-f", str(file))
+            else:
+                file.write_text(POLICY)
+                mesh.cli("apply" if (i // 2) % 2 == 0 else "delete", "-f", str(file))
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+    assert not failures, failures[:5]
+    assert counts["http1"] >= 100 and counts["http2"] >= 100, counts

@@ -754,6 +754,8 @@ class _Conn:
     filter_state: Mapping[str, str] = field(default_factory=dict)
     metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # passthrough (endpoint) metadata
     connect: Mapping[str, Any] | None = None  # an HTTP CONNECT this connection carries first: {authority, headers}
+    proxy_protocol: Mapping[str, Any] | None = None  # a PROXY header sent first: {source, destination, tlvs}
+    direct_ip: str | None = None  # the socket's own peer address, when a PROXY header replaced remote_ip
 
 
 @dataclass(frozen=True)
@@ -827,7 +829,10 @@ class Evaluator:
         return self._listener(proxy, listener, conn, request, depth)
 
     def _listener(self, proxy: Proxy, listener: dict[str, Any], conn: _Conn, request: Request, depth: int) -> list[_Result]:
-        conn = self._listener_filters(listener, conn, request)
+        try:
+            conn = self._listener_filters(listener, conn, request)
+        except _NoProxyHeader:
+            return [_Result("closed", None, f"{proxy.id} {listener['name']} expects a PROXY protocol header", (), proxy=proxy.id)]
         chain = select_filter_chain(listener, conn)
         if chain is None:
             hop = Hop(proxy.id, _role(proxy, listener, None), listener["name"], "-", conn.filter_state.get("io.istio.peer_principal") or conn.peer, conn.remote_ip, note="no filter chain matches")
@@ -854,6 +859,19 @@ class Evaluator:
                     conn = replace(conn, alpn=("http/1.1",))
             elif name == "envoy.filters.listener.tls_inspector":
                 pass  # our requests are plaintext HTTP: no SNI, no ALPN
+            elif name == "envoy.filters.listener.proxy_protocol":
+                header = conn.proxy_protocol
+                if header is None:
+                    raise _NoProxyHeader()
+                metadata = {k: dict(v) for k, v in conn.metadata.items()}
+                for rule in lf.get("typed_config", {}).get("rules", []):
+                    value = header["tlvs"].get(int(rule["tlv_type"]))
+                    target = rule.get("on_tlv_present")
+                    if value is not None and target:
+                        metadata.setdefault(target["metadata_namespace"], {})[target["key"]] = value
+                dst_ip, _, dst_port = header["destination"].rpartition(":")
+                conn = replace(conn, local_ip=dst_ip, local_port=int(dst_port), remote_ip=header["source"].rpartition(":")[0],
+                               direct_ip=conn.remote_ip, metadata=metadata, proxy_protocol=None)
             else:
                 raise Unsupported(f"unsupported listener filter {name}")
         return conn
@@ -977,7 +995,12 @@ class Evaluator:
                 out.extend(_with_choice(r, f"endpoint {choice}" if len(endpoints) > 1 else "") for r in results)
             else:
                 sock = address["socket_address"]
-                results = self._tcp(proxy, self._upstream_source(proxy, conn), sock["address"], int(sock["port_value"]), request, depth + 1, peer=identity, tls=tls, alpn=alpn, connect=connect)
+                extra: dict[str, Any] = {}
+                header = _proxy_protocol_header(cluster, conn)
+                if header is not None:
+                    extra["proxy_protocol"] = header
+                source = cluster.get("upstream_bind_config", {}).get("source_address", {}).get("address") or self._upstream_source(proxy, conn)
+                results = self._tcp(proxy, source, sock["address"], int(sock["port_value"]), request, depth + 1, peer=identity, tls=tls, alpn=alpn, connect=connect, **extra)
                 out.extend(_with_choice(r, f"endpoint {sock['address']}:{sock['port_value']}" if len(endpoints) > 1 else "") for r in results)
         return out
 
@@ -1192,6 +1215,20 @@ def _client_identity(cluster: Mapping[str, Any]) -> str | None:
     return secrets[0]["name"] if secrets else None
 
 
+class _NoProxyHeader(Exception):
+    """A listener expecting a PROXY protocol header got a connection without one (Envoy closes it)."""
+
+
+def _proxy_protocol_header(cluster: Mapping[str, Any], conn: _Conn) -> dict[str, Any] | None:
+    """The PROXY v2 header an `upstream_proxy_protocol` transport sends: the downstream's addresses and its TLVs."""
+    transport = cluster.get("transport_socket", {})
+    if transport.get("name") != "envoy.transport_sockets.upstream_proxy_protocol":
+        return None
+    config = transport.get("typed_config", {}).get("config", {})
+    tlvs = {int(t["type"]): base64.b64decode(t["value"]).decode() for t in config.get("added_tlvs", [])}
+    return {"source": f"{conn.remote_ip}:0", "destination": f"{conn.local_ip}:{conn.local_port}", "tlvs": tlvs}
+
+
 def _format(fmt: Mapping[str, Any], conn: _Conn, headers: Mapping[str, str]) -> str:
     source = fmt.get("text_format_source", {})
     if set(source) != {"inline_string"}:
@@ -1214,7 +1251,8 @@ def _format_text(text: str, conn: _Conn, headers: Mapping[str, str]) -> str:
             return f"{conn.remote_ip}:0" if conn.remote_ip else ""
         if op == "DYNAMIC_METADATA":
             ns, _, key = (arg or "").partition(":")
-            return str(conn.metadata.get(ns, {}).get(key, ""))
+            value = conn.metadata.get(ns, {}).get(key)
+            return "" if value is None else str(value)
         if op == "FILTER_STATE":
             key = (arg or "").rsplit(":", 1)[0]
             return conn.filter_state.get(key, "")
@@ -1286,7 +1324,7 @@ def select_filter_chain(listener: Mapping[str, Any], conn: _Conn) -> dict[str, A
     chains = exact or [ch for ch in chains if not fcm(ch).get("transport_protocol")]
     exact = [ch for ch in chains if set(fcm(ch).get("application_protocols", [])) & set(conn.alpn)]
     chains = exact or [ch for ch in chains if not fcm(ch).get("application_protocols")]
-    chains = _longest(conn.remote_ip, chains, "direct_source_prefix_ranges")
+    chains = _longest(conn.direct_ip or conn.remote_ip, chains, "direct_source_prefix_ranges")
     if any(fcm(ch).get("source_type", "ANY") != "ANY" for ch in chains):
         raise Unsupported("filter chains matched on source_type")
     chains = _longest(conn.remote_ip, chains, "source_prefix_ranges")

@@ -14,6 +14,8 @@ application's inside address.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Workload
@@ -24,6 +26,21 @@ from . import common as c
 from . import rbac, telemetry
 
 OUTBOUND = "ztunnel_outbound"
+DISPATCH = "ztunnel_dispatch"
+DISPATCH_PLAIN = "ztunnel_dispatch_plain"
+ORIGINATE = "originate"
+SOURCE_SA_KEY = "io.waypost.source_sa"  # ns/sa of the client, set by its source chain
+SOURCE_ADDRESS_KEY = "io.waypost.source_address"  # the client's ip:port, for the HBONE source header
+TCP_PROXY_CLUSTER = "envoy.tcp_proxy.cluster"  # Envoy's per-connection cluster override for tcp_proxy
+DISPATCH_PORT, DISPATCH_PLAIN_PORT = 15001, 15002  # on the ztunnel's own address (Istio's outbound port is 15001)
+SOURCE_NS = "io.waypost.source"  # dynamic metadata the PROXY TLVs land in, at the dispatch listener
+TLV_SA = 0xE0  # PROXY protocol v2 TLV types in the custom range (0xE0-0xEF): the client's ns/sa, then its labels
+TLV_LABELS = {label: 0xE1 + i for i, label in enumerate(telemetry.SOURCE_LABELS)}
+T_PROXY_PROTOCOL_UPSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport"
+T_PROXY_PROTOCOL = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
+T_RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+NO_SOURCE = "ztunnel_no_source"  # not a cluster: a connection without a recorded source is dropped
+T_NET_SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
 INBOUND = "ztunnel_inbound"
 INBOUND_INTERNAL = "ztunnel_inbound_internal"
 PLAIN_ORIGINATE = "plain_originate"
@@ -50,8 +67,8 @@ def _workload_ports(snapshot: MeshSnapshot, workload: Workload) -> list[int]:
     return sorted(ports)
 
 
-def _service_cluster(src_identity: str, service: Service, port: int) -> str:
-    return f"hbone_svc|{sa_key(src_identity)}|{port}|{service.fqdn}"
+def _service_cluster(service: Service, port: int) -> str:
+    return f"hbone_svc|{port}|{service.fqdn}"
 
 
 def _endpoints(listener_hbone: str, endpoints: tuple[Endpoint, ...]) -> list[dict[str, Any]]:
@@ -64,9 +81,79 @@ def _endpoints(listener_hbone: str, endpoints: tuple[Endpoint, ...]) -> list[dic
     return out
 
 
+def _state(key: str, value: str, shared: str | None = "ONCE", factory: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"object_key": key, "format_string": {"text_format_source": {"inline_string": value}}}
+    if factory:
+        item["factory_key"] = factory
+    if shared:
+        item["shared_with_upstream"] = shared
+    return item
+
+
+def _set_state(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": "envoy.filters.network.set_filter_state", "typed_config": {"@type": T_NET_SET_FILTER_STATE, "on_new_connection": items}}
+
+
+def _dispatch_cluster(name: str, address: str, port: int, tlvs: dict[int, str]) -> dict[str, Any]:
+    """Stage 1 → dispatch over a real loopback connection: a PROXY v2 header carries the client's addresses
+    and, as TLVs, its identity and labels. (With an internal listener here, connections the server closes
+    first lost their last bytes: Envoy drops data when a tunnelled upstream ends into a user-space connection.)"""
+    config: dict[str, Any] = {"version": "V2"}
+    if tlvs:
+        config["added_tlvs"] = [{"type": t, "value": base64.b64encode(v.encode()).decode()} for t, v in sorted(tlvs.items())]
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        # The dispatch listener only trusts PROXY headers from this source (its chains' direct_source_prefix_ranges).
+        "upstream_bind_config": {"source_address": {"address": address, "port_value": 0}},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": c.socket_address(address, port)}}]}]},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.upstream_proxy_protocol",
+            "typed_config": {
+                "@type": T_PROXY_PROTOCOL_UPSTREAM,
+                "config": config,
+                "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": T_RAW_BUFFER}},
+            },
+        },
+    }
+
+
+def _from_source(key: str) -> str:
+    return f"%DYNAMIC_METADATA({SOURCE_NS}:{key})%"
+
+
+def _source_label_headers() -> list[dict[str, Any]]:
+    return [{"header": {"key": telemetry.source_header(k), "value": _from_source(k)}} for k in telemetry.SOURCE_LABELS]
+
+
+def _per_source_cluster(template: str) -> dict[str, Any]:
+    """tcp_proxy's cluster for this connection: `template` with `{sa}` = the client identity the PROXY header named."""
+    return _set_state([_state(TCP_PROXY_CLUSTER, template.format(sa=_from_source("sa")), shared=None)])
+
+
+def _originate_state() -> dict[str, Any]:
+    """What the originate listener (one internal hop on) needs: the client's identity, address and labels."""
+    return _set_state(
+        [_state(SOURCE_SA_KEY, _from_source("sa"), factory="envoy.string"), _state(SOURCE_ADDRESS_KEY, "%DOWNSTREAM_REMOTE_ADDRESS%", factory="envoy.string")]
+        + [_state(telemetry.source_key(k), _from_source(k), factory="envoy.string") for k in telemetry.SOURCE_LABELS]
+    )
+
+
 def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any]]]:
-    """Listeners and clusters of one node's ztunnel, plus the SDS secret names it needs."""
+    """Listeners and clusters of one node's ztunnel, plus the SDS secret names it needs.
+
+    Outbound is two-staged so that the config grows with sources + destinations, not their product:
+    1. `ztunnel_outbound` (bound to every captured VIP:port and pod IP:port) has one chain per source
+       group (client identity and workload labels, matched by source IP). It forwards the connection to
+    2. `ztunnel_dispatch` (the ztunnel's own address, port 15001) with a PROXY v2 header: the client's
+       addresses, and its identity and labels as TLVs. Dispatch has one chain per destination and picks the
+       per-identity HBONE cluster from those TLVs (`envoy.tcp_proxy.cluster`).
+    Clients outside the mesh (no source chain) take the listener's default chain to `ztunnel_dispatch_plain` (:15002),
+    which forwards in plaintext (services) or applies the pod's L4 policy (pod IPs).
+    """
     local = node_workloads(snapshot, node)
+    address = snapshot.plan.ztunnel(list(snapshot.nodes).index(node))
     clients = [w for w in local if w.captured]
     identities = sorted({w.identity for w in clients})
     # Source chains group clients by identity *and* workload labels, so the CONNECT can carry the
@@ -74,43 +161,45 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
     for w in clients:
         groups.setdefault((w.identity, tuple(sorted(telemetry.workload_labels(w).items()))), []).append(w.address)
-    group_keys = sorted(groups)
 
     clusters: dict[str, dict[str, Any]] = {}
     listeners: list[dict[str, Any]] = []
-    chains: list[dict[str, Any]] = []
+    source_chains: list[dict[str, Any]] = []
+    chains: list[dict[str, Any]] = []  # dispatch: mesh clients, per destination
+    plain_chains: list[dict[str, Any]] = []  # dispatch_plain: clients outside the mesh, per destination
     captures: list[tuple[str, int]] = []
+    waypoints_used: set = set()
+    uses = {"pod": False, "balanced": False}
 
     def add_cluster(cluster: dict[str, Any]) -> str:
         clusters.setdefault(cluster["name"], cluster)
         return cluster["name"]
 
-    def source_chains(dst: str, port: int, pick: Any) -> None:
-        for ident, labels in group_keys:
-            cluster, hostname = pick(ident)
-            if cluster is None:
-                continue
-            headers = [{"header": {"key": telemetry.source_header(k), "value": v}} for k, v in labels]
-            chains.append(
-                {
-                    "name": f"out|{dst}:{port}|{sa_key(ident)}|{dict(labels)['workload']}",
-                    "filter_chain_match": {
-                        "prefix_ranges": [c.host_prefix(dst)],
-                        "destination_port": port,
-                        "source_prefix_ranges": [c.host_prefix(a) for a in sorted(groups[(ident, labels)], key=_ip_key)],
-                    },
-                    "filters": (
-                        [c.dial_pod_hbone()] if cluster.startswith("hbone_pod|") else []
-                    )
-                    # Balanced services tunnel from the originate listener: hand it the source labels.
-                    + ([] if hostname else [telemetry.source_labels_state(dict(labels))])
-                    + [
-                        c.tunnel_tcp_proxy(f"out_{sa_key(ident)}", cluster, hostname, headers)
-                        if hostname
-                        else c.tcp_proxy(f"out_{sa_key(ident)}", cluster)
-                    ],
-                }
-            )
+    for (ident, labels), addresses in sorted(groups.items()):
+        group = f"{sa_key(ident)}|{dict(labels)['workload']}|{hashlib.sha256(repr(labels).encode()).hexdigest()[:8]}"
+        cluster = add_cluster(
+            _dispatch_cluster(f"dispatch|{group}", address, DISPATCH_PORT, {TLV_SA: sa_key(ident), **{TLV_LABELS[k]: v for k, v in labels}})
+        )
+        source_chains.append(
+            {
+                "name": f"out|{group}",
+                "filter_chain_match": {"source_prefix_ranges": [c.host_prefix(a) for a in sorted(addresses, key=_ip_key)]},
+                "filters": [c.tcp_proxy(f"out_{sa_key(ident)}", cluster)],
+            }
+        )
+
+    trusted = {"direct_source_prefix_ranges": [c.host_prefix(address)]}  # PROXY headers from stage 1 only
+
+    def tunnel(dst: str, port: int, cluster_template: str, dial_pod: bool = False) -> None:
+        chains.append(
+            {
+                "name": f"{dst}:{port}",
+                "filter_chain_match": {"prefix_ranges": [c.host_prefix(dst)], "destination_port": port, **trusted},
+                "filters": [_per_source_cluster(cluster_template)]
+                + ([c.dial_pod_hbone()] if dial_pod else [])
+                + [c.tunnel_tcp_proxy(f"dispatch_{dst}_{port}", NO_SOURCE, "%DOWNSTREAM_LOCAL_ADDRESS%", _source_label_headers())],
+            }
+        )
 
     # Service VIPs.
     for service in snapshot.services:
@@ -118,14 +207,14 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         for sp in service.ports:
             captures.append((service.vip, sp.port))
             endpoints = service.endpoints_for(sp.port)
-
-            def pick(ident: str, service=service, sp=sp, endpoints=endpoints, waypoint=waypoint):
-                if waypoint is not None:
-                    name = add_cluster(
-                        c.hbone_cluster(f"hbone_waypoint|{sa_key(ident)}|{waypoint.ref}", waypoint.address, ident, waypoint.identity)
-                    )
-                    return name, "%DOWNSTREAM_LOCAL_ADDRESS%"
-                name = _service_cluster(ident, service, sp.port)
+            if waypoint is not None:
+                waypoints_used.add(waypoint)
+                tunnel(service.vip, sp.port, f"hbone_waypoint|{{sa}}|{waypoint.ref}")
+            else:
+                # Balanced per connection over the endpoints; each is tunnelled by the originate listener
+                # with the client's identity.
+                uses["balanced"] = True
+                name = _service_cluster(service, sp.port)
                 add_cluster(
                     {
                         "name": name,
@@ -133,14 +222,18 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                         "connect_timeout": "5s",
                         "load_assignment": {
                             "cluster_name": name,
-                            "endpoints": [{"lb_endpoints": _endpoints(f"originate|{sa_key(ident)}", endpoints)}] if endpoints else [],
+                            "endpoints": [{"lb_endpoints": _endpoints(ORIGINATE, endpoints)}] if endpoints else [],
                         },
                         "transport_socket": c.internal_upstream(),
                     }
                 )
-                return name, None  # the originate listener tunnels, per endpoint
-
-            source_chains(service.vip, sp.port, pick)
+                chains.append(
+                    {
+                        "name": f"{service.vip}:{sp.port}",
+                        "filter_chain_match": {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port, **trusted},
+                        "filters": [_originate_state(), c.tcp_proxy(f"svc_{service.name}_{sp.port}", name)],
+                    }
+                )
             # Out-of-mesh clients reach the endpoints in plaintext, as through kube-proxy.
             plain = f"passthrough|{sp.port}|{service.fqdn}"
             add_cluster(
@@ -158,10 +251,10 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                     },
                 }
             )
-            chains.append(
+            plain_chains.append(
                 {
                     "name": f"passthrough|{service.vip}:{sp.port}",
-                    "filter_chain_match": {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port},
+                    "filter_chain_match": {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port, **trusted},
                     "filters": [c.tcp_proxy(f"passthrough_{service.name}", plain)],
                 }
             )
@@ -188,24 +281,20 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                 }
             )
 
-            def pick(ident: str, pod=pod, waypoint=waypoint):
-                if waypoint is not None:
-                    name = add_cluster(
-                        c.hbone_cluster(f"hbone_waypoint|{sa_key(ident)}|{waypoint.ref}", waypoint.address, ident, waypoint.identity)
-                    )
-                else:
-                    name = add_cluster(c.hbone_pod_cluster(f"hbone_pod|{sa_key(ident)}|{sa_key(pod.identity)}", ident, pod.identity))
-                return name, "%DOWNSTREAM_LOCAL_ADDRESS%"
-
-            source_chains(pod.address, port, pick)
+            if waypoint is not None:
+                waypoints_used.add(waypoint)
+                tunnel(pod.address, port, f"hbone_waypoint|{{sa}}|{waypoint.ref}")
+            else:
+                uses["pod"] = True
+                tunnel(pod.address, port, "hbone_pod|{sa}", dial_pod=True)
             # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
             # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
             authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
             inbound_log = telemetry.tcp_access_log("destination", None, telemetry.destination_literals(pod), mesh=snapshot.mesh_config)
-            chains.append(
+            plain_chains.append(
                 {
                     "name": f"inbound_plain|{pod.address}:{port}",
-                    "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port},
+                    "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port, **trusted},
                     "filters": authz_filters + [c.tcp_proxy(f"inbound_plain_{port}", app)],
                 }
             )
@@ -230,7 +319,30 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         )
 
     if captures:
-        listeners.append(c.listener_with_addresses(OUTBOUND, captures, filter_chains=sorted(chains, key=lambda ch: ch["name"])))
+        plain = add_cluster(_dispatch_cluster("dispatch|outside-mesh", address, DISPATCH_PLAIN_PORT, {}))
+        listeners.append(
+            c.listener_with_addresses(
+                OUTBOUND, captures, filter_chains=source_chains,
+                default_filter_chain={"name": "out|outside-mesh", "filters": [c.tcp_proxy("out_outside_mesh", plain)]},
+            )
+        )
+        rules = [{"tlv_type": t, "on_tlv_present": {"metadata_namespace": SOURCE_NS, "key": k}} for k, t in [("sa", TLV_SA), *TLV_LABELS.items()]]
+        for name, port, listed, tlv_rules in ((DISPATCH, DISPATCH_PORT, chains, rules), (DISPATCH_PLAIN, DISPATCH_PLAIN_PORT, plain_chains, [])):
+            listeners.append(
+                {
+                    "name": name,
+                    "address": c.socket_address(address, port),
+                    "listener_filters": [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {"@type": T_PROXY_PROTOCOL, **({"rules": tlv_rules} if tlv_rules else {})}}],
+                    "filter_chains": sorted(listed, key=lambda ch: ch["name"]),
+                    "default_filter_chain": c.deny_chain(f"{name}_unmatched"),
+                }
+            )
+    # Per client identity: its HBONE clusters (the client certificate is the identity), chosen per connection.
+    for ident in identities:
+        for waypoint in sorted(waypoints_used, key=lambda w: str(w.ref)):
+            add_cluster(c.hbone_cluster(f"hbone_waypoint|{sa_key(ident)}|{waypoint.ref}", waypoint.address, ident, waypoint.identity))
+        if uses["pod"]:
+            add_cluster(c.hbone_pod_cluster(f"hbone_pod|{sa_key(ident)}", ident, None))
     if hbone_pods:
         listeners.append(
             c.listener_with_addresses(
@@ -248,13 +360,39 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         )
         add_cluster(c.internal_cluster(INBOUND_INTERNAL, INBOUND_INTERNAL))
 
-    # One HBONE originate listener (and ORIGINAL_DST cluster) per client identity, for balanced services.
-    for ident in identities:
-        name = f"originate|{sa_key(ident)}"
-        if any(cl["name"].startswith(f"hbone_svc|{sa_key(ident)}|") for cl in clusters.values()):
-            listeners.append(c.originate_listener(name, name, tunnel=True, headers=telemetry.source_headers_from_state()))
-            add_cluster(c.originate_cluster(name, ident))
-    if any(cl["name"].startswith("hbone_svc|") for cl in clusters.values()):
+    # Balanced services: one originate listener tunnels to the chosen endpoint with the client's identity.
+    if uses["balanced"]:
+        listeners.append(
+            {
+                "name": ORIGINATE,
+                "internal_listener": {},
+                "filter_chains": [
+                    {
+                        "filters": [
+                            # The dispatch chain shared the client's identity as filter state (one internal hop).
+                            _set_state([_state(TCP_PROXY_CLUSTER, f"originate|%FILTER_STATE({SOURCE_SA_KEY}:PLAIN)%", shared=None)]),
+                            {
+                                "name": "envoy.filters.network.tcp_proxy",
+                                "typed_config": {
+                                    "@type": c.T_TCP_PROXY,
+                                    "stat_prefix": ORIGINATE,
+                                    "cluster": NO_SOURCE,
+                                    "tunneling_config": {
+                                        "hostname": "%DYNAMIC_METADATA(tunnel:destination)%",
+                                        # The client's address, recorded by its source chain (this connection's own
+                                        # peer is the dispatch listener).
+                                        "headers_to_add": [{"header": {"key": c.SOURCE_HEADER, "value": f"%FILTER_STATE({SOURCE_ADDRESS_KEY}:PLAIN)%"}}]
+                                        + telemetry.source_headers_from_state(),
+                                    },
+                                },
+                            },
+                        ]
+                    }
+                ],
+            }
+        )
+        for ident in identities:
+            add_cluster(c.originate_cluster(f"originate|{sa_key(ident)}", ident))
         listeners.append(c.originate_listener(PLAIN_ORIGINATE, PLAIN_ORIGINATE, tunnel=False))
         add_cluster(c.originate_cluster(PLAIN_ORIGINATE, None))
 

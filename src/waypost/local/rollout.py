@@ -17,6 +17,8 @@ Going back after a failure is the same move in the other direction: `roll_out` t
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -69,11 +71,19 @@ def roll_out(
         out.error = fleet.wait(fresh, deadline, stopping, new=fresh) or (host.wait(deadline, stopping) if out.workloads_changed else None)
         if out.error:
             return out
-        # 2. switch
+        # 2. switch. Clusters make before break: a config that drops clusters is first served with them
+        # still there, and they go once it is ACKed. Otherwise Envoy applies the cluster removal before the
+        # route that stops naming them, and requests in between get 500 cluster_not_found.
+        bridging = {pid: b for pid in changed if (b := _bridge(fleet.configs.get(pid), configs[pid])) is not None}
         for pid in changed:
-            if fleet.set_config(pid, configs[pid], generations[pid]):
+            if fleet.set_config(pid, bridging.get(pid, configs[pid]), generations[pid]):
                 out.updated.append(pid)
         out.error = fleet.wait(out.updated, deadline, stopping)
+        if out.error:
+            return out
+        for pid in bridging:
+            fleet.set_config(pid, configs[pid], generations[pid])
+        out.error = fleet.wait(list(bridging), deadline, stopping)
         if out.error:
             return out
         # 3. break
@@ -88,6 +98,17 @@ def roll_out(
     except OSError as exc:
         out.error = f"cannot start a process: {exc}"
     return out
+
+
+def _bridge(old: ProxyConfig | None, new: ProxyConfig) -> ProxyConfig | None:
+    """`new` plus the clusters of `old` it drops; None when it drops none."""
+    if old is None:
+        return None
+    kept = {c["name"] for c in new.clusters}
+    dropped = [c for c in old.clusters if c["name"] not in kept]
+    if not dropped:
+        return None
+    return dataclasses.replace(new, clusters=tuple(sorted((*new.clusters, *dropped), key=lambda c: c["name"])))
 
 
 def _proxy_ips(configs: Iterable[ProxyConfig]) -> set[str]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from waypost.xds.types import PUSH_ORDER, TYPE_CLUSTER, TYPE_ENDPOINT, WILDCARD_TYPES, short_name
+from waypost.xds.types import PUSH_ORDER, TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE, WILDCARD_TYPES, short_name
+
+HELD_FOR_CLUSTERS = (TYPE_LISTENER, TYPE_ROUTE)  # they name clusters; secrets are not held (clusters warm on them)
 
 _log = logging.getLogger("waypost.xds")
 
@@ -48,6 +50,7 @@ class StreamProtocol:
     types: dict[str, _TypeState] = field(default_factory=dict)
     acked: dict[str, str] = field(default_factory=dict)  # type_url -> version
     nacked: dict[str, tuple[str, str]] = field(default_factory=dict)  # type_url -> (version, message)
+    clusters_pending: bool = False  # a CDS push not yet ACKed/NACKed: listeners and routes wait for it
 
     def on_request(
         self, request: discovery_pb2.DiscoveryRequest, snapshot: EncodedSnapshot | None
@@ -69,20 +72,38 @@ class StreamProtocol:
                 self.acked[type_url] = state.sent_version or ""
                 self.nacked.pop(type_url, None)
         state.requested = True
+        held: list[discovery_pb2.DiscoveryResponse] = []
+        if type_url == TYPE_CLUSTER and request.response_nonce and self.clusters_pending:
+            # The clusters are in place (Envoy ACKs CDS once new clusters warmed; a NACK keeps the old ones):
+            # now the listeners and routes that may name them.
+            self.clusters_pending = False
+            for held_type in HELD_FOR_CLUSTERS:
+                if held_type in self.types and self.types[held_type].requested:
+                    response = self._response(held_type, snapshot, initial=False, push=True)
+                    if response is not None:
+                        held.append(response)
         if type_url not in WILDCARD_TYPES:
             state.names = frozenset(request.resource_names)
         # A request without a nonce opens the subscription (or reopens it after a reconnect): answer it.
         response = self._response(type_url, snapshot, initial=not request.response_nonce)
-        return [response] if response is not None else []
+        return ([response] if response is not None else []) + held
 
     def on_snapshot(self, snapshot: EncodedSnapshot) -> list[discovery_pb2.DiscoveryResponse]:
-        """Responses for every subscribed type that changed, clusters first (make before break)."""
+        """Responses for every subscribed type that changed, clusters first (make before break).
+
+        While a cluster push is unacknowledged, listeners and routes are held back and sent with the CDS
+        ACK: a route naming a cluster Envoy has not finished adding answers 500 `cluster_not_found` (seen
+        when a route switched to a backend whose cluster the previous change had removed)."""
         responses = []
         for type_url in PUSH_ORDER:
             if type_url in self.types and self.types[type_url].requested:
+                if type_url in HELD_FOR_CLUSTERS and self.clusters_pending:
+                    continue  # sent when the clusters are ACKed (on_request)
                 response = self._response(type_url, snapshot, initial=False, push=True)
                 if response is not None:
                     responses.append(response)
+                    if type_url == TYPE_CLUSTER:
+                        self.clusters_pending = True
         return responses
 
     def subscribed(self, type_url: str) -> bool:
