@@ -252,7 +252,8 @@ def test_c25_service_targeted_policy_is_per_service(start_mesh):
     assert outcome(mesh, "app/client", "http://other/") == "200"
 
 
-def tcp_echo(mesh, source: str, service: str, port: int) -> bytes:
+def tcp_echo(mesh, source: str, service: str, port: int, namespace: str = "app") -> bytes:
+    """Sends b"ping" from the source pod to service:port and returns what comes back (b"" when refused/reset)."""
     import socket
 
     client = next(w for w in mesh.state["workloads"] if w["owner"] == source.split("/")[1])["address"]
@@ -260,7 +261,7 @@ def tcp_echo(mesh, source: str, service: str, port: int) -> bytes:
     sock.settimeout(5)
     sock.bind((client, 0))
     try:
-        sock.connect((mesh.service("app", service)["vip"], port))
+        sock.connect((mesh.service(namespace, service)["vip"], port))
         sock.sendall(b"ping")
         data = b""
         while len(data) < 4:

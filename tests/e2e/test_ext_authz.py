@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_authorization import policy
+from tests.e2e.test_authorization import policy, tcp_echo
 from waypost.local.client import RequestError
 
 pytestmark = pytest.mark.e2e
@@ -255,42 +254,4 @@ def test_selector_custom_policy_is_not_enforced_by_ztunnel(mesh):
 
 
 def tcp_echo_in(mesh, service: str, port: int) -> bytes:
-    client = next(w for w in mesh.state["workloads"] if w["owner"] == "client")["address"]
-    sock = socket.socket()
-    sock.settimeout(5)
-    sock.bind((client, 0))
-    try:
-        sock.connect((mesh.service("shop", service)["vip"], port))
-        sock.sendall(b"ping")
-        data = b""
-        while len(data) < 4:
-            chunk = sock.recv(16)
-            if not chunk:
-                break
-            data += chunk
-        return data
-    except OSError:
-        return b""
-    finally:
-        sock.close()
-
-
-def test_providers_from_a_mesh_config_file(authorizer, start_mesh, tmp_path):
-    """`up --mesh-config FILE` declares the providers; no ConfigMap. A bad file is refused with its line."""
-    import yaml
-
-    mesh_text = yaml.safe_load(mesh_config().split("---")[1])["data"]["mesh"]
-    documents = mesh_config().split("---")
-    no_config_map = "---".join(d for d in documents if "kind: ConfigMap" not in d)
-    config = tmp_path / "mesh.yaml"
-    config.write_text(mesh_text)
-    mesh = start_mesh(no_config_map + services() + custom("ext-http", "http-checked", "http-authz"), name="meshfile", up_args=("--mesh-config", str(config)))
-    assert outcome(mesh, "shop/client", "http://http-checked.shop/protected/a") == "403"
-    assert outcome(mesh, "shop/client", "http://http-checked.shop/protected/a", headers=[("x-ext-authz", "allow")]) == "200"
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("extensionProviders:\n- name: x\n  envoyExtAuthzGrpc: {service: a.b, port: 0}\n")
-    proc = subprocess.run([sys.executable, "-m", "waypost.cli.main", "up", "-f", str(config), "--mesh-config", str(bad), "--state-dir", str(tmp_path / "bad-state")],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    assert f"{bad}:3: error: MeshConfig --mesh-config: extensionProviders[0].envoyExtAuthzGrpc.port: port must be in the range [1, 65535], found: 0" in proc.stderr
+    return tcp_echo(mesh, "shop/client", service, port, namespace="shop")

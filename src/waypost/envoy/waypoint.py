@@ -95,6 +95,16 @@ def _hcm(
     }
 
 
+def _filter_stack(snapshot: MeshSnapshot, phases: dict[str, list], custom: tuple[list, list], authn: list, rbac_filters: tuple[list, list]):
+    """(HTTP filters before CORS, HTTP filters after it, TCP filters) in Istio's waypoint order (§5.1):
+    CUSTOM, AUTHN extensions, jwt_authn, AUTHZ extensions, RBAC AUDIT/DENY/ALLOW, [CORS], STATS and
+    UNSPECIFIED extensions (then stats and the router, added by the HCM)."""
+    http = custom[0] + extensions.http_filters(phases, snapshot, "AUTHN") + authn + extensions.http_filters(phases, snapshot, "AUTHZ") + rbac_filters[0]
+    late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+    tcp = custom[1] + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + rbac_filters[1] + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+    return http, late, tcp
+
+
 def _chains(name: str, match: dict[str, Any], protocol: str, http_filter: dict[str, Any], tcp_filters: list[dict[str, Any]]):
     """Filter chains for one destination: HTTP, TCP, or both with HTTP sniffed (Istio's protocol detection)."""
     if protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web"):
@@ -223,17 +233,8 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
     rbac_http, rbac_tcp = rbac.http_filters(chain_policies), rbac.network_filters(chain_policies)
     out.add_authz_clusters(snapshot, chain_policies)
     for sp in service.ports:
-        # Istio's waypoint filter order (§5.1): CUSTOM, AUTHN extensions, jwt_authn, AUTHZ extensions,
-        # RBAC AUDIT/DENY/ALLOW, CORS, STATS and UNSPECIFIED extensions, stats, router.
-        phases = extensions.for_chain(snapshot, waypoint, service, sp.port)
-        http_authz = (
-            custom_http + extensions.http_filters(phases, snapshot, "AUTHN") + chain_authn
-            + extensions.http_filters(phases, snapshot, "AUTHZ") + rbac_http
-        )
-        http_late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
-        tcp_authz = (
-            custom_tcp + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + rbac_tcp
-            + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+        http_authz, http_late, tcp_authz = _filter_stack(
+            snapshot, extensions.for_chain(snapshot, waypoint, service, sp.port), (custom_http, custom_tcp), chain_authn, (rbac_http, rbac_tcp)
         )
         domains.append(f"{service.vip}:{sp.port}")
         http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
@@ -288,15 +289,9 @@ def _workload_section(snapshot: MeshSnapshot, waypoint: Waypoint) -> Section:
     for workload in served_workloads(snapshot, waypoint):
         domains.append(f"{workload.address}:*")
         for wp in workload.ports:
-            phases = extensions.for_chain(snapshot, waypoint, None, wp.port)
-            workload_http_authz = (
-                workload_custom_http + extensions.http_filters(phases, snapshot, "AUTHN") + workload_authn
-                + extensions.http_filters(phases, snapshot, "AUTHZ") + workload_rbac_http
-            )
-            workload_http_late = extensions.http_filters(phases, snapshot, "STATS", "UNSPECIFIED")
-            workload_tcp_authz = (
-                workload_custom_tcp + extensions.network_filters(phases, snapshot, "AUTHN", "AUTHZ") + workload_rbac_tcp
-                + extensions.network_filters(phases, snapshot, "STATS", "UNSPECIFIED")
+            workload_http_authz, workload_http_late, workload_tcp_authz = _filter_stack(
+                snapshot, extensions.for_chain(snapshot, waypoint, None, wp.port), (workload_custom_http, workload_custom_tcp),
+                workload_authn, (workload_rbac_http, workload_rbac_tcp),
             )
             protocol = port_protocol(wp.name, None, "TCP")
             endpoint = (Endpoint(workload.key, workload.address, wp.port, hbone=True),)

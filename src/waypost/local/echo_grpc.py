@@ -148,6 +148,20 @@ def handle_grpc(
         return GrpcResult(UNIMPLEMENTED, f"unknown service {service or path}")
     if method != "Echo":
         return GrpcResult(UNIMPLEMENTED, f"unknown method {method} for service {service}")
+    raw = _unary_request(body, body_overflow)
+    if isinstance(raw, GrpcResult):
+        return raw
+    try:
+        text = decode_string_field(raw)
+    except ProtobufError as error:
+        return GrpcResult(INTERNAL, f"grpc: error unmarshalling request: {error}")
+    answer = echo_text(app, metadata=metadata, message=text, port=port, remote=remote)
+    log = f"Echoing back request made to {path} to client ({remote})"
+    return GrpcResult(OK, payload=frame(encode_string_field(answer)), log=log)
+
+
+def _unary_request(body: bytes, body_overflow: bool) -> bytes | GrpcResult:
+    """The one uncompressed request message of a unary call, or the gRPC error answering a bad body."""
     if body_overflow:
         return GrpcResult(RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({MAX_MESSAGE})")
     try:
@@ -159,13 +173,7 @@ def handle_grpc(
     compressed, raw = messages[0]
     if compressed:
         return GrpcResult(UNIMPLEMENTED, "grpc: compressed messages are not supported by this echo server")
-    try:
-        text = decode_string_field(raw)
-    except ProtobufError as error:
-        return GrpcResult(INTERNAL, f"grpc: error unmarshalling request: {error}")
-    answer = echo_text(app, metadata=metadata, message=text, port=port, remote=remote)
-    log = f"Echoing back request made to {path} to client ({remote})"
-    return GrpcResult(OK, payload=frame(encode_string_field(answer)), log=log)
+    return raw
 
 
 def echo_text(app: EchoApp, *, metadata: Iterable[tuple[str, str]], message: str, port: int, remote: str) -> str:
@@ -202,19 +210,14 @@ def _authz_check(service: str, method: str, body: bytes, body_overflow: bool) ->
 
     if service != GRPC_SERVICE or method != "Check":
         return GrpcResult(UNIMPLEMENTED, f"unknown service {service}" if service != GRPC_SERVICE else f"unknown method {method} for service {service}")
-    if body_overflow:
-        return GrpcResult(RESOURCE_EXHAUSTED, f"grpc: received message larger than max ({MAX_MESSAGE})")
-    try:
-        messages = unframe(body)
-    except ValueError as error:
-        return GrpcResult(INTERNAL, f"grpc: {error}")
-    if len(messages) != 1 or messages[0][0]:
-        return GrpcResult(INTERNAL, "grpc: expected one uncompressed request message")
+    raw = _unary_request(body, body_overflow)
+    if isinstance(raw, GrpcResult):
+        return raw
     from google.protobuf.message import DecodeError
     from envoy.service.auth.v3 import external_auth_pb2
 
     try:
-        request = external_auth_pb2.CheckRequest.FromString(messages[0][1])
+        request = external_auth_pb2.CheckRequest.FromString(raw)
     except DecodeError as error:
         return GrpcResult(INTERNAL, f"grpc: error unmarshalling request: {error}")
     response, line = grpc_check(request, DEFAULT_ALLOWED_ACCOUNT)
