@@ -106,6 +106,14 @@ def test_envoyfilter_patches_report_and_rejection(start_mesh, tmp_path):
         time.sleep(0.1)
     assert not any(c["name"] == "after-router" for c in mesh.state["conditions"])
 
+    # A bad update of an EnvoyFilter that runs: rolled back, and the running one's status says so.
+    bad_lua = tmp_path / "bad-lua.yaml"
+    bad_lua.write_text(LUA.replace("operation: INSERT_BEFORE", "operation: ADD").replace("subFilter: {name: envoy.filters.http.router}", "subFilter: {name: envoy.filters.http.cors}"))
+    assert mesh.cli("apply", "-f", str(bad_lua), check=False).returncode != 0
+    rejected = status(mesh, "lua-response")["LastUpdateRejected"]
+    assert rejected["status"] == "True" and "must be the last filter" in rejected["message"]
+    assert mesh.request("shop/client", "http://svc/").as_json()["headers"]["x-envoyfilter"] == ["lua"]
+
     # Removal takes the Lua filter out again.
     lua_file = tmp_path / "lua.yaml"
     lua_file.write_text(LUA)

@@ -13,6 +13,7 @@ Every change goes the same way, one at a time:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from waypost.api import Diagnostic, Resource, load_paths
 from waypost.envoy import TranslationCache, translate, translate_incremental, with_patch_status
 from waypost.envoy import translate as _full_translate
 from waypost.mesh import MeshSnapshot, address_assignments, build
+from waypost.mesh.model import Condition
 
 from .control import diagnostic_to_json
 from .manifests import (
@@ -246,6 +248,9 @@ class Changes:
                     f"restoring the previous configuration failed too: {back.error}" if back.error else "the previous configuration was restored"
                 )
             log.error("%s change failed: %s", source, "; ".join(outcome.errors))
+            if suspects:
+                # The rejected versions never ran; the running ones carry the news in their status.
+                self._commit(dataclasses.replace(running, snapshot=_mark_rejected(running.snapshot, suspects, rollout.error)), False)
             sup.write_state()
             return outcome
         history = _track(running.history, running.resources, resources, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -282,6 +287,18 @@ def _track(history: dict[Key, ResourceHistory], old: Sequence[Resource], new: Se
     wanted = {r.key for r in others}
     tracked = track(history, [r for r in old if id(r) not in old_ids or r.key in wanted], others, now) if others else {}
     return {key: history[key] if key in same else tracked[key] for key in keys}
+
+
+def _mark_rejected(snapshot: MeshSnapshot, suspects: list[str], error: str) -> MeshSnapshot:
+    """A `LastUpdateRejected` condition on each running resource named in `suspects` ("Kind ns/name")."""
+    condition = Condition("LastUpdateRejected", "True", "EnvoyRejected", f"an update of this resource was rejected and rolled back: {error}")
+    wanted = {tuple(s.replace("/", " ").split(" ")) for s in suspects}  # (kind, ns, name)
+    statuses = [
+        dataclasses.replace(st, conditions=tuple(c for c in st.conditions if c.type != condition.type) + (condition,))
+        if (st.kind, st.namespace, st.name) in wanted else st
+        for st in snapshot.statuses
+    ]
+    return dataclasses.replace(snapshot, statuses=tuple(statuses))
 
 
 def _changed_patches(before: Sequence[Resource], after: Sequence[Resource]) -> list[str]:
