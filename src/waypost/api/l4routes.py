@@ -41,12 +41,17 @@ class TCPRoute(Resource):
 
 class TLSRouteSpec(Model):
     parent_refs: list[ParentReference] = Field(default_factory=list, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=1024)
+    hostnames: list[str] = Field(default_factory=list, max_length=1024, validate_default=True)
     rules: list[L4RouteRule] = Field(min_length=1, max_length=1)
 
     @field_validator("hostnames")
     @classmethod
-    def _sni(cls, values: list[str]) -> list[str]:
+    def _sni(cls, values: list[str], info) -> list[str]:
+        # The v1 and v1alpha3 CRDs require 1–1024 hostnames; v1alpha2's were optional (a TLSRoute without
+        # hostnames then acts like a TCPRoute, catalogue C61). The loader passes the apiVersion as context.
+        version = (info.context or {}).get("api_version", "")
+        if not values and version and not version.endswith("/v1alpha2"):
+            raise ValueError(f"at least one hostname is required ({version}; v1alpha2 allowed none)")
         for value in values:
             try:
                 ipaddress.ip_address(value)
@@ -64,3 +69,4 @@ class TLSRoute(Resource):
     KIND: ClassVar[str] = "TLSRoute"
     VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1alpha3", "v1alpha2")
     spec: TLSRouteSpec
+

@@ -230,7 +230,7 @@ def _load_document(node: yaml.Node, filename: str) -> LoadResult:
     if not cls.NAMESPACED and meta.get("namespace"):
         data = {**data, "metadata": {k: v for k, v in meta.items() if k != "namespace"}}
     try:
-        resource = cls.model_validate({**data, "source": Source(file=filename, line=line)})
+        resource = cls.model_validate({**data, "source": Source(file=filename, line=line)}, context={"api_version": api_version})
     except RecursionError:
         result.diagnostics.append(error(filename, line, "the document nests too deeply", field="spec", **where))
         return result
