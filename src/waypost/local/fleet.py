@@ -8,8 +8,10 @@ pushes it nothing), which is how `state.json` shows that only the affected proxi
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,23 +26,36 @@ from .children import Child, admin_ready, listeners_warm
 from .state import StateDir
 
 
+# Workload certificate lifetime (Istio's default is 24 h) and when to renew: at half of it, as Istio's
+# agent does (SECRET_GRACE_PERIOD_RATIO 0.5). WAYPOST_CERT_TTL (seconds) shortens it, e.g. to test rotation.
+CERT_TTL = timedelta(seconds=float(os.environ.get("WAYPOST_CERT_TTL", str(24 * 3600))))
+RENEW_AT = 0.5
+
+
+def _issue(ca: CertificateAuthority, name: str) -> dict[str, Any]:
+    cert = ca.issue(name, ttl=CERT_TTL)
+    now = datetime.now(timezone.utc)
+    return {
+        "name": name,
+        "tls_certificate": {
+            "certificate_chain": {"inline_string": cert.cert_chain_pem},
+            "private_key": {"inline_string": cert.private_key_pem},
+        },
+        "_renew_at": (now + (cert.not_after - now) * RENEW_AT).timestamp(),
+    }
+
+
 def secret_resources(ca: CertificateAuthority, names: Sequence[str], cache: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """SDS secrets by name: the root, and a workload certificate per SPIFFE identity (issued once, cached)."""
+    """SDS secrets by name: the root, and a workload certificate per SPIFFE identity (issued once, cached
+    until renewed)."""
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         if name == "ROOTCA":
             out[name] = {"name": name, "validation_context": {"trusted_ca": {"inline_string": ca.root_cert_pem}}}
             continue
         if name not in cache:
-            cert = ca.issue(name)
-            cache[name] = {
-                "name": name,
-                "tls_certificate": {
-                    "certificate_chain": {"inline_string": cert.cert_chain_pem},
-                    "private_key": {"inline_string": cert.private_key_pem},
-                },
-            }
-        out[name] = cache[name]
+            cache[name] = _issue(ca, name)
+        out[name] = {k: v for k, v in cache[name].items() if not k.startswith("_")}
     return out
 
 
@@ -71,6 +86,20 @@ class ProxyFleet:
         self._certs: dict[str, dict[str, Any]] = {}
 
     # -- configuration ---------------------------------------------------------------------------------
+    def renew_certificates(self, now: float | None = None) -> list[str]:
+        """Re-issues the workload certificates past their renewal time and pushes them to the proxies that
+        use them (SDS: Envoy swaps the certificate for new connections; open ones keep theirs). Returns the
+        renewed identities."""
+        now = time.time() if now is None else now
+        due = [name for name, entry in self._certs.items() if entry["_renew_at"] <= now]
+        for name in due:
+            self._certs[name] = _issue(self.ca, name)
+        if due:
+            for pid, config in list(self.configs.items()):
+                if any(name in config.secrets for name in due):
+                    self.xds.set_snapshot(pid, xds_snapshot(config, secret_resources(self.ca, config.secrets, self._certs)))
+        return due
+
     def set_config(self, pid: str, config: ProxyConfig, generation: int) -> bool:
         """Serves `config` to the proxy; False (and nothing pushed) when it already has exactly that config.
 

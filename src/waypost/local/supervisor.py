@@ -164,6 +164,8 @@ class Supervisor:
                 self.write_state()
             if self.jwks.refresh_due() and self.jwks.refresh():
                 self.changes.refresh_keys()  # a jwksUri's keys rotated: push the new ones
+            if self.fleet.renew_certificates():
+                log.info("renewed workload certificates")
             if self._watcher is not None and time.monotonic() >= next_poll:
                 if self._watcher.changed():
                     self.changes.reload(self.paths)
