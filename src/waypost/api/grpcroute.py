@@ -16,6 +16,7 @@ from .httproute import (
     LocalObjectReference,
     ParentReference,
     RequestMirror,
+    SectionName,
 )
 from .meta import Model, Resource
 
@@ -80,7 +81,7 @@ class GRPCBackendRef(BackendObjectReference):
 
 
 class GRPCRouteRule(Model):
-    name: str | None = Field(default=None, max_length=253)
+    name: SectionName | None = None  # the CRD's SectionName pattern
     matches: list[GRPCRouteMatch] = Field(default_factory=list, max_length=64)
     filters: list[GRPCRouteFilter] = Field(default_factory=list, max_length=16)
     backend_refs: list[GRPCBackendRef] = Field(default_factory=list, max_length=16)

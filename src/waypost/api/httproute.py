@@ -330,7 +330,7 @@ class Retry(Model):
 
 
 class HTTPRouteRule(Model):
-    name: str | None = Field(default=None, max_length=253)
+    name: SectionName | None = None  # the CRD's SectionName pattern
     matches: list[HTTPRouteMatch] = Field(default_factory=lambda: [HTTPRouteMatch()], max_length=64)
     filters: list[HTTPRouteFilter] = Field(default_factory=list, max_length=16)
     backend_refs: list[HTTPBackendRef] = Field(default_factory=list, max_length=16)

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from .httproute import GATEWAY_GROUP, BackendObjectReference, ParentReference
+from .httproute import GATEWAY_GROUP, BackendObjectReference, ParentReference, SectionName
 from .meta import Model, Resource
 
 _HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -23,7 +23,7 @@ class L4BackendRef(BackendObjectReference):
 
 
 class L4RouteRule(Model):
-    name: str | None = Field(default=None, max_length=253)
+    name: SectionName | None = None  # the CRD's SectionName: 1-253 chars, an RFC 1123 subdomain
     backend_refs: list[L4BackendRef] = Field(min_length=1, max_length=16)
 
 
