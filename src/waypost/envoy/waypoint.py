@@ -26,6 +26,7 @@ from waypost.mesh import telemetry as telemetry_api
 from .ztunnel import PLAIN_ORIGINATE
 
 CONNECT_TERMINATE = "connect_terminate"
+REQUEST_HEADERS_TIMEOUT = "10s"
 MAIN_INTERNAL = "main_internal"
 CONNECT_ORIGINATE = "connect_originate"
 
@@ -83,6 +84,12 @@ def _hcm(
             "normalize_path": True,
             "merge_slashes": True,
             "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+            # Envoy's edge hardening (docs "Configuring Envoy as an edge proxy"): a client must send its
+            # request headers within 10 s (slowloris), an idle connection goes after 1 h, headers are
+            # capped at 60 KiB / 100 (431 beyond).
+            "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
+            "common_http_protocol_options": {"idle_timeout": "3600s", "max_headers_count": 100},
+            "max_request_headers_kb": 60,
             **({"access_log": access_log} if access_log else {}),
             "http_filters": authz + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
