@@ -20,7 +20,7 @@ from .test_jwt import ISS1, ISS2, WRONG_KEY, jwks
 pytestmark = pytest.mark.e2e
 
 
-def tenant(ns: str, *, service_waypoint: bool = True) -> str:
+def tenant(ns: str, *, service_waypoint: bool = True, tcp: bool = False) -> str:
     """One seed-table namespace: services svc (http 80) and other, client/intruder/backend/other pods, and a
     waypoint used by both services (none at all without `service_waypoint`: the xDS server takes ~16 proxies)."""
     label = "labels: {istio.io/use-waypoint: waypoint}" if service_waypoint else ""
@@ -33,7 +33,7 @@ kind: Service
 metadata: {{name: svc, namespace: {ns}, {label}}}
 spec:
   selector: {{app: backend}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
+  ports: [{{name: http, port: 80, targetPort: 8080}}{", {name: tcp, port: 9000}" if tcp else ""}]
 ---
 apiVersion: v1
 kind: Service
@@ -43,7 +43,7 @@ spec:
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 """
     for name, image in (("client", "curl"), ("intruder", "curl"), ("backend", "waypost/echo"), ("other", "waypost/echo")):
-        ports = ", ports: [{containerPort: 8080}]" if image == "waypost/echo" else ""
+        ports = (", ports: [{containerPort: 8080}, {containerPort: 9000}]" if tcp else ", ports: [{containerPort: 8080}]") if image == "waypost/echo" else ""
         doc += f"""
 ---
 apiVersion: apps/v1
@@ -137,6 +137,10 @@ MAIN = (
     + tenant("c36", service_waypoint=False) + policy("l7-at-ztunnel", "selector: {matchLabels: {app: backend}}\nrules: [{to: [{operation: {methods: [GET], paths: [/allowed]}}]}]", ns="c36")
     + tenant("c26") + policy("hdr", f"{SERVICE}\nrules: [{{when: [{{key: 'request.headers[x-foo]', values: [x-bar]}}]}}]", ns="c26")
     + tenant("c25") + policy("only-else", "targetRefs: [{kind: Service, group: core, name: svc}]\nrules: [{from: [{source: {principals: [cluster.local/ns/something/sa/else]}}]}]", ns="c25")
+    # C23/C24: L4 policies on a TCP port, at the waypoint's TCP chain and at the destination ztunnel.
+    + tenant("c23", tcp=True) + policy("svc", f"{SERVICE}\nrules: [{{from: [{{source: {{principals: ['{client('c23')}']}}}}]}}]", ns="c23")
+    + policy("pod", allow_from(wp("c23")), ns="c23")
+    + tenant("c24", tcp=True) + policy("svc", f"{SERVICE}\nrules: [{{from: [{{source: {{principals: [cluster.local/ns/something/sa/else]}}}}]}}]", ns="c24")
     + tenant("jwt") + request_authentication("jwt")
     + policy("require", f"{GATEWAY}\nrules:\n- from: [{{source: {{requestPrincipals: ['{ISS1.name}/sub-1']}}}}]\n- to: [{{operation: {{paths: [/healthz]}}}}]\n"
              f"- from: [{{source: {{requestPrincipals: ['*']}}}}]\n  to: [{{operation: {{paths: ['/claims/*']}}}}]\n  when: [{{key: 'request.auth.claims[groups]', values: [admins]}}]", ns="jwt")
@@ -195,6 +199,9 @@ CASES = [
     ("main", "c26/client", "http://svc/", "GET", ["x-foo: wrong-value"], "403"),
     ("main", "c25/client", "http://svc/", "GET", [], "403"),
     ("main", "c25/client", "http://other/", "GET", [], "200"),
+    ("main", "c23/client", "http://svc:9000/", "GET", [], "200"),  # C23: the L4 rule admits the client at the waypoint
+    ("main", "c23/intruder", "http://svc:9000/", "GET", [], "reset"),  # the waypoint's TCP RBAC closes
+    ("main", "c24/client", "http://svc:9000/", "GET", [], "reset"),  # C24
     ("main", "jwt/client", "http://svc/", "GET", [], "403"),
     ("main", "jwt/client", "http://svc/healthz", "GET", [], "200"),
     ("main", "jwt/client", "http://svc/", "GET", bearer(ISS1.token(aud="svc-audience")), "200"),
