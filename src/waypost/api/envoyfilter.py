@@ -289,7 +289,7 @@ def _validate_patch(cp: ConfigPatch) -> tuple[list[InitErrorDetails], list[tuple
     warnings: list[tuple[str, str]] = []
     match = cp.match
     if match is not None and match.context == "WAYPOINT":
-        # "TODO(zirain): Add validation for waypoint proxy": istiod skips these patches entirely.
+        # istiod leaves validation of the WAYPOINT context as an open to-do and skips these patches entirely.
         if cp.patch is not None and cp.patch.value is not None and cp.apply_to in VALUE_TYPES:
             try:
                 object.__setattr__(cp.patch, "value", canonical_value(cp.apply_to, cp.patch.value))
