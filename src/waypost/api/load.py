@@ -39,6 +39,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         networking.ServiceEntry,
         security.AuthorizationPolicy,
         security.RequestAuthentication,
+        security.PeerAuthentication,
         extensions.WasmPlugin,
         extensions.TrafficExtension,
         telemetry.Telemetry,
@@ -49,7 +50,6 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
 # Kinds a later release enforces. Refusing them is the safe choice: an AuthorizationPolicy that loads but
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
-    ("security.istio.io", "PeerAuthentication"): "security",
     ("networking.istio.io", "VirtualService"): "networking",
     ("networking.istio.io", "DestinationRule"): "networking",
     ("networking.istio.io", "Sidecar"): "networking",
@@ -333,6 +333,10 @@ def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ..
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise _DocumentError(key_node.start_mark.line + 1, "YAML merge keys ('<<') are not supported", path)
             key = _scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+            if isinstance(key, int) and not isinstance(key, bool):
+                # kubectl (sigs.k8s.io/yaml) turns integer keys into strings: PeerAuthentication's
+                # `portLevelMtls: {8080: …}` is written that way in Istio's own documentation.
+                key = str(key)
             if not isinstance(key, str):
                 shown = repr(key) if isinstance(key_node, yaml.ScalarNode) else f"of kind {key_node.id}"
                 raise _DocumentError(key_node.start_mark.line + 1, f"mapping key {shown} is not a string", path)

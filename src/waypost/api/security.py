@@ -352,3 +352,52 @@ class RequestAuthentication(Resource):
     KIND: ClassVar[str] = "RequestAuthentication"
     VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1")
     spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
+
+
+MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
+
+
+class MutualTLS(Model):
+    mode: MtlsMode = "UNSET"
+
+
+class PeerAuthenticationSpec(Model):
+    """Istio `security/v1beta1/peer_authentication.proto`; validation as ValidatePeerAuthentication."""
+
+    selector: WorkloadSelector | None = None
+    mtls: MutualTLS | None = None
+    port_level_mtls: dict[int, MutualTLS] | None = None
+
+    @field_validator("port_level_mtls", mode="before")
+    @classmethod
+    def _port_keys(cls, value):
+        # A map<uint32, …> in the proto: YAML writes the keys as ints, JSON as strings.
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if isinstance(key, str) and key.isdigit():
+                    key = int(key)
+                if not isinstance(key, int) or isinstance(key, bool):
+                    raise ValueError(f"portLevelMtls key {key!r} is not a port number")
+                out[key] = item
+            return out
+        return value
+
+    @model_validator(mode="after")
+    def _istio_validation(self) -> "PeerAuthenticationSpec":
+        empty_selector = self.selector is None or not self.selector.match_labels
+        if empty_selector and self.port_level_mtls:
+            raise ValueError("mesh/namespace peer authentication cannot have port level mTLS")
+        if self.port_level_mtls is not None and not self.port_level_mtls:
+            raise ValueError("port level mTLS, if defined, must have at least one element")
+        for port in self.port_level_mtls or {}:
+            if not 1 <= port <= 65535:
+                raise ValueError("port must be in range 1..65535")
+        return self
+
+
+class PeerAuthentication(Resource):
+    GROUP: ClassVar[str] = SECURITY_GROUP
+    KIND: ClassVar[str] = "PeerAuthentication"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1")
+    spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)

@@ -127,6 +127,11 @@ def _source_label_headers() -> list[dict[str, Any]]:
     return [{"header": {"key": telemetry.source_header(k), "value": _from_source(k)}} for k in telemetry.SOURCE_LABELS]
 
 
+def _strict_mtls(pod: str) -> list[dict[str, Any]]:
+    """Network RBAC that admits nothing: the plaintext path of a pod whose PeerAuthentication is STRICT."""
+    return [{"name": "envoy.filters.network.rbac", "typed_config": {"@type": rbac.T_NET_RBAC, "stat_prefix": f"{pod}.strict_mtls.", "rules": {"action": "ALLOW"}}}]
+
+
 def _per_source_cluster(template: str) -> dict[str, Any]:
     """tcp_proxy's cluster for this connection: `template` with `{sa}` = the client identity the PROXY header named."""
     return _set_state([_state(TCP_PROXY_CLUSTER, template.format(sa=_from_source("sa")), shared=None)])
@@ -295,7 +300,10 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                 {
                     "name": f"inbound_plain|{pod.address}:{port}",
                     "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port, **trusted},
-                    "filters": authz_filters + [c.tcp_proxy(f"inbound_plain_{port}", app)],
+                    # PeerAuthentication STRICT: plaintext (no peer identity) is refused, as ztunnel's
+                    # static strict policy does; mesh traffic arrives over HBONE (the inbound listener).
+                    "filters": (_strict_mtls(pod.name) if authz.mtls_mode(snapshot.peer_authentications, pod, port, snapshot.root_namespace) == "STRICT" else [])
+                    + authz_filters + [c.tcp_proxy(f"inbound_plain_{port}", app)],
                 }
             )
             internal_chains.append(

@@ -15,7 +15,7 @@ from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meshconfig import MESH_CONFIGMAP_KEY, MESH_CONFIGMAP_NAME, MESH_CONFIGMAP_NAMESPACE, MeshConfig, parse_mesh_config
 from waypost.api.meta import Resource
 from waypost.api.networking import ServiceEntry, WorkloadEntry
-from waypost.api.security import AuthorizationPolicy, RequestAuthentication
+from waypost.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 
 from . import l4routes, policies as authz, registry, routes as route_attachment, waypoints as binding
 from .addresses import AddressPlan
@@ -269,6 +269,8 @@ def build(
         extensions=tuple(extensions),
         telemetries=tuple(telemetries),
         envoy_filters=tuple(sorted(of(EnvoyFilter), key=lambda f: (f.namespace, f.name))),
+        # Istio's conflict rule for PeerAuthentications of one scope: the oldest wins.
+        peer_authentications=tuple(sorted(of(PeerAuthentication), key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name))),
         mesh_config=mesh,
     )
 

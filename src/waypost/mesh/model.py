@@ -369,6 +369,7 @@ class MeshSnapshot:
     extensions: tuple = field(default=())  # api WasmPlugin and TrafficExtension values, sorted by namespace/name
     telemetries: tuple = field(default=())  # api Telemetry values, sorted by namespace/name
     envoy_filters: tuple = field(default=())  # api EnvoyFilter values, sorted by namespace/name
+    peer_authentications: tuple = field(default=())  # api PeerAuthentication values, oldest first
     wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
 

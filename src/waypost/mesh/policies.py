@@ -224,3 +224,32 @@ def telemetry_statuses(telemetries: Sequence, waypoints: Mapping[WaypointRef, Wa
             conditions.append(Condition("Ignored", "True", "UnsupportedValue", "not applied: " + "; ".join(ignored)))
         out.append(ResourceStatus("Telemetry", t.namespace, t.name, tuple(conditions)))
     return out
+
+
+def mtls_mode(peer_authentications: Sequence, workload: Workload, port: int, root_namespace: str) -> str:
+    """The PeerAuthentication mode for plaintext to `workload`'s target `port`: STRICT refuses it.
+
+    Istio's precedence (pilot/pkg/serviceregistry/ambient/authorization.go, convertPeerAuthentication and
+    the static strict policies): port-level mTLS of the workload's policy, then the workload policy's mode,
+    the namespace's, the mesh's (root namespace, no selector); UNSET inherits; within a scope the oldest
+    policy wins. Without any, PERMISSIVE. In ambient, DISABLE allows plaintext like PERMISSIVE (mesh
+    traffic is HBONE regardless)."""
+    labels = workload.label_map
+
+    def first(candidates: list):
+        return candidates[0] if candidates else None
+
+    mesh = first([p for p in peer_authentications if p.namespace == root_namespace and not (p.spec.selector and p.spec.selector.match_labels)])
+    namespace = first([p for p in peer_authentications if p.namespace == workload.namespace and workload.namespace != root_namespace
+                       and not (p.spec.selector and p.spec.selector.match_labels)])
+    selected = first([p for p in peer_authentications if p.namespace == workload.namespace and p.spec.selector and p.spec.selector.match_labels
+                      and all(labels.get(k) == v for k, v in p.spec.selector.match_labels.items())])
+    mode = "PERMISSIVE"
+    for policy in (mesh, namespace, selected):
+        if policy is not None and policy.spec.mtls is not None and policy.spec.mtls.mode != "UNSET":
+            mode = policy.spec.mtls.mode
+    if selected is not None and selected.spec.port_level_mtls:
+        port_mode = selected.spec.port_level_mtls.get(port)
+        if port_mode is not None and port_mode.mode != "UNSET":
+            mode = port_mode.mode
+    return "STRICT" if mode == "STRICT" else "PERMISSIVE"
