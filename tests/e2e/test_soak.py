@@ -27,6 +27,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.soak,
     pytest.mark.skipif(SECONDS <= 0, reason="soak runs only with WAYPOST_SOAK_SECONDS set (see the module docstring)"),
+    pytest.mark.timeout(SECONDS + 300),  # past the suite's 300 s per-test limit
 ]
 
 
