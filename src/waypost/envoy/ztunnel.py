@@ -59,12 +59,23 @@ def node_workloads(snapshot: MeshSnapshot, node: str) -> list[Workload]:
     return [w for w in snapshot.workloads if w.node == node]
 
 
-def _workload_ports(snapshot: MeshSnapshot, workload: Workload) -> list[int]:
-    ports = {p.port for p in workload.ports}
+def _endpoint_ports(snapshot: MeshSnapshot) -> dict[str, set[int]]:
+    """workload key → the target ports services send it (one pass, instead of one per workload)."""
+    out: dict[str, set[int]] = {}
     for service in snapshot.services:
         for _, endpoints in service.endpoints:
-            ports.update(e.port for e in endpoints if e.workload == workload.key)
-    return sorted(ports)
+            for e in endpoints:
+                out.setdefault(e.workload, set()).add(e.port)
+    return out
+
+
+def _ztunnel_policies(snapshot: MeshSnapshot) -> dict[str, list[tuple[int, Any]]]:
+    """namespace → (position, policy) of the policies ztunnels may enforce (no targetRefs)."""
+    out: dict[str, list[tuple[int, Any]]] = {}
+    for i, p in enumerate(snapshot.authorization_policies):
+        if not p.spec.targets:
+            out.setdefault(p.namespace, []).append((i, p))
+    return out
 
 
 def _service_cluster(service: Service, port: int) -> str:
@@ -268,10 +279,14 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     inbound_chains: list[dict[str, Any]] = []
     internal_chains: list[dict[str, Any]] = []
     hbone_pods = [w for w in local if w.captured and w.kind == "Pod"]
+    endpoint_ports = _endpoint_ports(snapshot)
+    by_namespace = _ztunnel_policies(snapshot)
     for pod in hbone_pods:
         waypoint = snapshot.waypoint(pod.waypoint)
-        pod_policies = authz.for_ztunnel(snapshot.authorization_policies, pod, snapshot.root_namespace)
-        for port in _workload_ports(snapshot, pod):
+        # Only this namespace's and the root namespace's policies can apply (authz.for_ztunnel's rule).
+        candidates = [p for _, p in sorted(by_namespace.get(pod.namespace, []) + (by_namespace.get(snapshot.root_namespace, []) if pod.namespace != snapshot.root_namespace else []), key=lambda ip: ip[0])]
+        pod_policies = authz.for_ztunnel(candidates, pod, snapshot.root_namespace)
+        for port in sorted({p.port for p in pod.ports} | endpoint_ports.get(pod.key, set())):
             captures.append((pod.address, port))
             app = f"inbound|{port}||{pod.address}"
             add_cluster(
@@ -315,8 +330,11 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             )
 
     # HBONE termination: one filter chain per pod identity (its certificate), covering all its pods.
-    for ident in sorted({p.identity for p in hbone_pods}):
-        addresses = sorted((p.address for p in hbone_pods if p.identity == ident), key=_ip_key)
+    pods_by_identity: dict[str, list[str]] = {}
+    for p in hbone_pods:
+        pods_by_identity.setdefault(p.identity, []).append(p.address)
+    for ident in sorted(pods_by_identity):
+        addresses = sorted(pods_by_identity[ident], key=_ip_key)
         inbound_chains.append(
             {
                 "name": f"hbone|{sa_key(ident)}",
