@@ -106,10 +106,16 @@ class WasmConfig(Model):
         return self.type == "NETWORK"
 
 
-class WasmPluginSpec(TargetedSpec, WasmConfig):
-    phase: Phase = "UNSPECIFIED_PHASE"
+class _Placement(TargetedSpec):
+    """Where an extension runs: its attachment, phase, priority within the phase and traffic match."""
+
+    phase: Phase = "UNSPECIFIED"
     priority: int | None = None
     match: list[TrafficSelector] = Field(default_factory=list)
+
+
+class WasmPluginSpec(_Placement, WasmConfig):
+    phase: Phase = "UNSPECIFIED_PHASE"  # WasmPlugin's own name for the default
 
 
 class WasmPlugin(Resource):
@@ -131,15 +137,8 @@ class Lua(Model):
     inline_code: str = Field(min_length=1, max_length=65536)
 
 
-class TrafficWasm(WasmConfig):
-    pass
-
-
-class TrafficExtensionSpec(TargetedSpec):
-    phase: Phase = "UNSPECIFIED"
-    priority: int | None = None
-    match: list[TrafficSelector] = Field(default_factory=list)
-    wasm: TrafficWasm | None = None
+class TrafficExtensionSpec(_Placement):
+    wasm: WasmConfig | None = None
     lua: Lua | None = None
 
     @model_validator(mode="after")
@@ -158,7 +157,7 @@ class TrafficExtension(Resource):
     spec: TrafficExtensionSpec
 
     @property
-    def wasm(self) -> TrafficWasm | None:
+    def wasm(self) -> WasmConfig | None:
         return self.spec.wasm
 
     @property

@@ -499,17 +499,8 @@ def _patch_clusters(clusters: list[dict[str, Any]], by_kind: dict[str, list[_P]]
                 run.hit(p)
                 removed = True
                 break
-            if p.operation not in _MERGES:
-                continue
-            try:
-                handled = _merge_cluster_transport_socket(cluster, p.value or {})
-            except _MergeError as exc:
-                run.error(p, f"cluster {cluster.get('name')!r}: {exc}")
-                continue
-            if handled:
-                run.hit(p)
-            else:
-                _merge_into(run, p, VALUE_TYPES["CLUSTER"], cluster)
+            if p.operation in _MERGES:
+                _merge_with_transport_socket(run, p, cluster, "CLUSTER", _merge_cluster_transport_socket, f"cluster {cluster.get('name')!r}")
         if not removed:
             out.append(cluster)
     for p in by_kind["CLUSTER"]:
@@ -874,17 +865,23 @@ def _patch_filter_chain(lis: dict[str, Any], chain: dict[str, Any], by_kind: dic
             run.hit(p)
             return True
         if p.operation in _MERGES:
-            try:
-                handled = _merge_listener_transport_socket(chain, p.value or {})
-            except _MergeError as exc:
-                run.error(p, f"filter chain {chain.get('name', '')!r}: {exc}")
-                continue
-            if handled:
-                run.hit(p)
-            else:
-                _merge_into(run, p, VALUE_TYPES["FILTER_CHAIN"], chain)
+            _merge_with_transport_socket(run, p, chain, "FILTER_CHAIN", _merge_listener_transport_socket, f"filter chain {chain.get('name', '')!r}")
     _patch_network_filters(lis, chain, by_kind, run)
     return False
+
+
+def _merge_with_transport_socket(run: _Run, p: _P, target: dict[str, Any], apply_to: str, merge_socket, where: str) -> None:
+    """MERGE on a cluster or filter chain: a value carrying a matching transport socket merges only that
+    (istiod's mergeTransportSocket* short-cut); anything else is a plain proto merge."""
+    try:
+        handled = merge_socket(target, p.value or {})
+    except _MergeError as exc:
+        run.error(p, f"{where}: {exc}")
+        return
+    if handled:
+        run.hit(p)
+    else:
+        _merge_into(run, p, VALUE_TYPES[apply_to], target)
 
 
 def _merge_listener_transport_socket(chain: dict[str, Any], value: Mapping[str, Any]) -> bool:
