@@ -29,3 +29,14 @@ def client(namespace: str, name: str = "client", *, image: str = "curl", service
 def ambient_with_waypoint(namespace: str, *, namespace_uses_waypoint: bool = True) -> str:
     """An ambient namespace with a waypoint named `waypoint` (used by the whole namespace, by default) and a client."""
     return ambient_namespace(namespace, "waypoint" if namespace_uses_waypoint else None) + waypoint(namespace) + client(namespace)
+
+
+def echo_service(namespace: str, service: str = "svc", app: str = "backend") -> str:
+    """A Service on port 80 (named http) in front of one echo Deployment listening on 8080."""
+    return (
+        f"\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {namespace}}}\n"
+        f"spec: {{selector: {{app: {app}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
+        f"---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {app}, namespace: {namespace}}}\n"
+        f"spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n"
+        f"  template: {{metadata: {{labels: {{app: {app}}}}}, spec: {{containers: [{{name: c, image: waypost/echo, ports: [{{containerPort: 8080}}]}}]}}}}\n"
+    )

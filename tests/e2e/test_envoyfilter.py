@@ -8,24 +8,11 @@ import time
 
 import pytest
 
-from tests.manifests import ambient_with_waypoint
+from tests.manifests import ambient_with_waypoint, echo_service
 
 pytestmark = pytest.mark.e2e
 
-MESH = ambient_with_waypoint("shop") + """
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: shop}
-spec: {selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: backend, namespace: shop}
-spec:
-  selector: {matchLabels: {app: backend}}
-  template: {metadata: {labels: {app: backend}}, spec: {containers: [{name: c, image: waypost/echo, ports: [{containerPort: 8080}]}]}}
-"""
+MESH = ambient_with_waypoint("shop") + echo_service("shop")
 
 
 def envoy_filter(name: str, patches: str) -> str:

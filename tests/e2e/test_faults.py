@@ -16,24 +16,12 @@ import time
 
 import pytest
 
-from tests.manifests import ambient_with_waypoint
+from tests.manifests import ambient_with_waypoint, echo_service
 from waypost.local.client import RequestError
 
 pytestmark = pytest.mark.e2e
 
-MESH = ambient_with_waypoint("faults") + """
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: faults}
-spec: {selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: backend, namespace: faults}
-spec:
-  selector: {matchLabels: {app: backend}}
-  template: {metadata: {labels: {app: backend}}, spec: {containers: [{name: c, image: waypost/echo, ports: [{containerPort: 8080}]}]}}
+MESH = ambient_with_waypoint("faults") + echo_service("faults") + """
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute

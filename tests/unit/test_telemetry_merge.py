@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
+from tests.manifests import ambient_namespace, waypoint
 from waypost.api import load_text
 from waypost.mesh.addresses import AddressPlan
 from waypost.mesh.build import build
 from waypost.mesh.telemetry import LogProvider, MetricOverride, for_chain
 
-BASE = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: app, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: app}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+BASE = ambient_namespace("app", "waypoint") + waypoint("app") + """
 ---
 apiVersion: v1
 kind: Service
