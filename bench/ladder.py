@@ -36,6 +36,7 @@ from common import (
     HERE, BoxMeter, CpuMeter, admin_get, config_features, ensure_tools, free_port, h2load_rate, mean, mesh_up,
     print_targets, start_nginx, stop_process, table, target, wait_port, wait_quiet, workdir, write_results, wrk,
 )
+from meshgen import ROUTE
 
 NS = "bench"
 ROUTES = 1000  # HTTPRoutes on the heavy Service (the last one is the catch-all the load matches)
@@ -103,17 +104,6 @@ spec:
     to: [{{operation: {{methods: [GET]}}}}]
 """
 
-HEAVY_ROUTE = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  parentRefs: [{{group: "", kind: Service, name: {service}, port: 8080}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
-    backendRefs: [{{name: {service}, port: 8080}}]
-"""
-
 
 def heavy_service(service: str, waypoint: str, routes: bool, rules: bool) -> list[str]:
     """A Service behind its own waypoint, with ROUTES HTTPRoutes and/or RULES policy rules on it.
@@ -124,8 +114,8 @@ def heavy_service(service: str, waypoint: str, routes: bool, rules: bool) -> lis
     """
     docs = [WAYPOINT_SERVICE.format(waypoint=waypoint, service=service, ns=NS)]
     if routes:
-        docs += [HEAVY_ROUTE.format(name=f"{service}-{i:04d}", service=service, ns=NS, prefix=f"/r{i}") for i in range(ROUTES - 1)]
-        docs.append(HEAVY_ROUTE.format(name=f"{service}-{ROUTES - 1:04d}", service=service, ns=NS, prefix="/"))
+        docs += [ROUTE.format(name=f"{service}-{i:04d}", service=service, ns=NS, prefix=f"/r{i}") for i in range(ROUTES - 1)]
+        docs.append(ROUTE.format(name=f"{service}-{ROUTES - 1:04d}", service=service, ns=NS, prefix="/"))
     if rules:
         dummy = RULES - 1
         for p in range(0, dummy, RULES_PER_POLICY):
