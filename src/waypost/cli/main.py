@@ -31,26 +31,6 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _privileged_ports_problem(resources) -> str | None:
-    """Service ports below 1024 need root (or a lowered net.ipv4.ip_unprivileged_port_start)."""
-    if os.geteuid() == 0:
-        return None
-    try:
-        start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
-    except (OSError, ValueError):
-        start = 1024
-    from waypost.api.core import Service
-
-    low = sorted({(r.ref, p.port) for r in resources if isinstance(r, Service) for p in r.spec.ports if p.port < start})
-    if not low:
-        return None
-    listed = ", ".join(f"{ref}:{port}" for ref, port in low[:5])
-    return (
-        f"service ports below {start} need root: {listed}. Run as root, or allow them with "
-        f"'sysctl net.ipv4.ip_unprivileged_port_start=0'."
-    )
-
-
 @app.command()
 def up(
     filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory (repeatable)."),
@@ -66,6 +46,7 @@ def up(
     # Imported here, not at the top: it is slow to import, and `apply` should start fast.
     from waypost.api import load_paths
     from waypost.api.meshconfig import load_mesh_config_file
+    from waypost.local.blocks import privileged_ports_problem
 
     state = _state(state_dir)
     running = state.supervisor_pid()
@@ -83,7 +64,7 @@ def up(
         for d in result.errors:
             typer.echo(d.render(), err=True)
         _fail(f"{len(result.errors)} invalid resource(s); nothing was started")
-    problem = _privileged_ports_problem(result.resources)
+    problem = privileged_ports_problem(result.resources)
     if problem:
         _fail(problem)
     paths = [str(Path(f).absolute()) for f in filename]
@@ -352,12 +333,6 @@ def apply(
     """Create or replace resources in the running mesh; returns once every affected proxy serves them."""
     state = _state(state_dir)
     _running(state)
-    if os.geteuid() != 0:  # only then can a port be refused; the supervisor validates the files anyway
-        from waypost.api import load_paths
-
-        problem = _privileged_ports_problem(load_paths(filename).resources)
-        if problem:
-            _fail(problem)
     paths = [str(Path(f).absolute()) for f in filename]
     _change(state, {"op": "apply", "paths": paths, "dry_run": dry_run}, timeout, dry_run)
 
@@ -411,7 +386,8 @@ def analyze(
     from waypost.api import load_paths
     from waypost.api.meshconfig import load_mesh_config_file
     from waypost.mesh import AddressPlan, build
-    from waypost.mesh.analysis import LEVELS, analyze as run_analysis, from_diagnostics
+    from waypost.mesh.analysis import LEVELS, from_diagnostics
+    from waypost.mesh.analysis import analyze as run_analysis
 
     if failure_threshold not in LEVELS:
         _fail(f"--failure-threshold must be one of {', '.join(LEVELS)}")

@@ -11,9 +11,12 @@ import fcntl
 import os
 import socket
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from waypost.api.core import Service
+from waypost.api.meta import Resource
 from waypost.mesh.addresses import XDS_PORT, AddressPlan
 
 FIRST_BLOCK = 20
@@ -58,3 +61,29 @@ def acquire_block(preferred: int | None = None) -> tuple[AddressPlan, IO[str]]:
         handle.flush()
         return plan, handle
     raise RuntimeError("no free 127.B.0.0/16 address block for a new mesh")
+
+
+def unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+def privileged_ports_problem(resources: Iterable[Resource]) -> str | None:
+    """Why this user cannot serve the Services' ports on loopback, or None.
+
+    Ports below net.ipv4.ip_unprivileged_port_start (1024 unless lowered) need root; checked before
+    `up` starts anything and before `apply` changes anything, so a mesh never half-binds a change.
+    """
+    if os.geteuid() == 0:
+        return None
+    start = unprivileged_port_start()
+    low = sorted({(r.ref, p.port) for r in resources if isinstance(r, Service) for p in r.spec.ports if p.port < start})
+    if not low:
+        return None
+    listed = ", ".join(f"{ref}:{port}" for ref, port in low[:5])
+    return (
+        f"service ports below {start} need root: {listed}. Run as root, or allow them with "
+        f"'sysctl net.ipv4.ip_unprivileged_port_start=0'."
+    )

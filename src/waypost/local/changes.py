@@ -22,11 +22,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from waypost.api import Diagnostic, Resource, load_paths
-from waypost.envoy import TranslationCache, translate, translate_incremental, with_patch_status
+from waypost.envoy import (
+    TranslationCache,
+    translate,
+    translate_incremental,
+    with_patch_status,
+)
 from waypost.envoy import translate as _full_translate
 from waypost.mesh import MeshSnapshot, address_assignments, build
 from waypost.mesh.model import Condition
 
+from .blocks import privileged_ports_problem
 from .control import diagnostic_to_json
 from .manifests import (
     Key,
@@ -122,6 +128,9 @@ class Changes:
             loaded = load_paths(paths)
             if loaded.errors:
                 return Outcome(ok=False, diagnostics=loaded.diagnostics)
+            problem = privileged_ports_problem(loaded.resources)
+            if problem:
+                return Outcome(ok=False, diagnostics=loaded.diagnostics, errors=[f"error: {problem}"])
             running = self._current()
             present = by_key(running.resources)
             results = []
