@@ -503,11 +503,17 @@ def _patch_clusters(clusters: list[dict[str, Any]], by_kind: dict[str, list[_P]]
                 _merge_with_transport_socket(run, p, cluster, "CLUSTER", _merge_cluster_transport_socket, f"cluster {cluster.get('name')!r}")
         if not removed:
             out.append(cluster)
-    for p in by_kind["CLUSTER"]:
+    return out + _added(by_kind["CLUSTER"], run, "a waypoint adds clusters only for context SIDECAR_INBOUND")
+
+
+def _added(patches: list[_P], run: _Run, wrong_context: str) -> list[dict[str, Any]]:
+    """The values of the top-level ADD patches (clusters, listeners) whose context is the waypoint's."""
+    out = []
+    for p in patches:
         if p.operation != "ADD":
             continue
         if p.context != WAYPOINT_CONTEXT:
-            run.note(p, "a waypoint adds clusters only for context SIDECAR_INBOUND")
+            run.note(p, wrong_context)
             continue
         out.append(copy.deepcopy(p.value or {}))
         run.hit(p)
@@ -777,15 +783,7 @@ def _list_op(run: _Run, p: _P, items: list[dict[str, Any]], has_match: bool, mat
 def _patch_listeners(listeners: list[dict[str, Any]], by_kind: dict[str, list[_P]], run: _Run) -> list[dict[str, Any]]:
     """patchListeners: every listener in turn, then listener ADDs; REMOVEd listeners dropped."""
     kept = [lis for lis in listeners if not _patch_listener(lis, by_kind, run)]
-    for p in by_kind["LISTENER"]:
-        if p.operation != "ADD":
-            continue
-        if p.context != WAYPOINT_CONTEXT:
-            run.note(p, "a listener ADD applies to a waypoint only with context SIDECAR_INBOUND")
-            continue
-        kept.append(copy.deepcopy(p.value or {}))
-        run.hit(p)
-    return kept
+    return kept + _added(by_kind["LISTENER"], run, "a listener ADD applies to a waypoint only with context SIDECAR_INBOUND")
 
 
 def _patch_listener(lis: dict[str, Any], by_kind: dict[str, list[_P]], run: _Run) -> bool:
