@@ -209,15 +209,10 @@ class WaypointRouteMatch(Model):
     name: str = ""
 
 
-class WaypointFilterMatch(Model):
-    name: str = ""
-    sub_filter: SubFilterMatch | None = None
-
-
 class WaypointMatch(Model):
     port_number: int = UINT32
     route: WaypointRouteMatch | None = None
-    filter: WaypointFilterMatch | None = None
+    filter: FilterMatch | None = None  # the proto's WaypointMatch.FilterMatch has the same two fields
 
     @field_validator("port_number")
     @classmethod
