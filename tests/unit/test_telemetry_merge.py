@@ -82,3 +82,19 @@ def test_validation_and_status():
     _, snapshot = chain(telemetry("traced", "app", "tracing: [{randomSamplingPercentage: 10}]\nmetrics: [{providers: [{name: stackdriver}]}]"))
     accepted, ignored = snapshot.status_of("Telemetry", "app", "traced").conditions
     assert accepted.reason == "Accepted" and "tracing" in ignored.message and "stackdriver" in ignored.message
+
+
+def test_tracing_is_validated_as_the_crd_validates_it():
+    # Found by tests/fuzz/test_crd_crosscheck.py: tracing was read as free-form maps, so `customTags: x` passed.
+    cases = {
+        "tracing: [{customTags: x}]": "customTags",
+        "tracing: [{randomSamplingPercentage: 150}]": "randomSamplingPercentage",
+        "tracing: [{customTags: {t: {literal: {value: v}, header: {name: h}}}}]": "customTags.t",
+        "tracing: [{customTags: {t: {environment: {name: ''}}}}]": "customTags.t.environment.name",
+        "tracing: [{match: {mode: INBOUND}}]": "match.mode",
+    }
+    for spec, field in cases.items():
+        errors = load_text(telemetry("t", "app", spec), "t.yaml").errors
+        assert [d.field for d in errors] == [f"spec.tracing[0].{field}"], (spec, [d.render() for d in errors])
+    good = "tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 12.5, customTags: {t: {header: {name: x-id, defaultValue: none}}, u: {}}}]"
+    assert not load_text(telemetry("t", "app", good), "t.yaml").errors

@@ -8,7 +8,7 @@ says so rather than dropping it silently.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -86,10 +86,59 @@ class AccessLogging(Model):
     filter: AccessLogFilter | None = None
 
 
+class LiteralTag(Model):
+    value: str = Field(min_length=1)
+
+
+class EnvironmentTag(Model):
+    name: str = Field(min_length=1)
+    default_value: str = ""
+
+
+class HeaderTag(Model):
+    name: str = Field(min_length=1)
+    default_value: str = ""
+
+
+class FormatterTag(Model):
+    value: str = Field(min_length=1)
+
+
+class CustomTag(Model):
+    literal: LiteralTag | None = None
+    environment: EnvironmentTag | None = None
+    header: HeaderTag | None = None
+    formatter: FormatterTag | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "CustomTag":
+        # The CRD's oneOf: none of the four, or exactly one.
+        if sum(v is not None for v in (self.literal, self.environment, self.header, self.formatter)) > 1:
+            raise ValueError("only one of literal, environment, header or formatter may be set")
+        return self
+
+
+class TracingSelector(Model):
+    mode: Mode = "CLIENT_AND_SERVER"
+
+
+class Tracing(Model):
+    """Typed so a malformed entry is refused as the CRD refuses it, though waypost exports no traces."""
+
+    match: TracingSelector | None = None
+    providers: list[ProviderRef] = Field(default_factory=list)
+    random_sampling_percentage: float | None = Field(default=None, ge=0, le=100)
+    disable_span_reporting: bool | None = None
+    custom_tags: dict[str, CustomTag] = Field(default_factory=dict)
+    use_request_id_for_trace_sampling: bool | None = None
+    enable_istio_tags: bool | None = None
+    disable_context_propagation: bool | None = None
+
+
 class TelemetrySpec(TargetedSpec):
     metrics: list[Metrics] = Field(default_factory=list)
     access_logging: list[AccessLogging] = Field(default_factory=list)
-    tracing: list[dict[str, Any]] = Field(default_factory=list)
+    tracing: list[Tracing] = Field(default_factory=list)
 
 
 class Telemetry(Resource):
