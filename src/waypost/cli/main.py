@@ -20,6 +20,8 @@ from . import render
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="waypost: an L7 waypoint for ambient meshes, on loopback.")
 
 StateOpt = typer.Option(None, "--state-dir", help="State directory of the mesh (default ./.waypost, or $WAYPOST_STATE_DIR).")
+DryRunOpt = typer.Option(False, "--dry-run", help="Validate and compute the change, but change nothing.")
+AckTimeoutOpt = typer.Option(120, "--timeout", help="Seconds to wait for every affected proxy to ACK.")
 
 
 def _state(state_dir: Optional[str]) -> StateDir:
@@ -326,8 +328,8 @@ def _change(state: StateDir, request: dict[str, Any], timeout: float, dry_run: b
 @app.command()
 def apply(
     filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and compute the change, but change nothing."),
-    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for every affected proxy to ACK."),
+    dry_run: bool = DryRunOpt,
+    timeout: float = AckTimeoutOpt,
     state_dir: Optional[str] = StateOpt,
 ) -> None:
     """Create or replace resources in the running mesh; returns once every affected proxy serves them."""
@@ -341,8 +343,8 @@ def apply(
 def delete(
     filename: list[str] = typer.Option(..., "-f", "--filename", help="Manifest file or directory naming the resources (repeatable)."),
     ignore_not_found: bool = typer.Option(False, "--ignore-not-found", help="A resource that does not exist is not an error."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and compute the change, but change nothing."),
-    timeout: float = typer.Option(120, "--timeout", help="Seconds to wait for every affected proxy to ACK."),
+    dry_run: bool = DryRunOpt,
+    timeout: float = AckTimeoutOpt,
     state_dir: Optional[str] = StateOpt,
 ) -> None:
     """Delete the resources named in the manifests from the running mesh (deleting a Namespace deletes its contents)."""
