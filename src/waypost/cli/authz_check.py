@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from waypost.envoy.evaluate import Evaluation, Evaluator, Hop, Outcome, Proxy, Request
 
@@ -76,16 +75,10 @@ def parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
 
 def build_request(view: dict[str, Any], source: str, url: str, method: str, headers: list[tuple[str, str]]) -> tuple[Request, dict[str, Any]]:
     """The request `waypost request` would send: same workload lookup and host resolution."""
-    from waypost.local.client import RequestError, find_workload, resolve_host
+    from waypost.local.client import RequestError, resolve_url
 
     try:
-        workload = find_workload(view, source)
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme != "http":
-            raise CheckError(f"only http:// URLs can be checked (got {parts.scheme}://)")
-        if not parts.hostname:
-            raise CheckError(f"URL {url!r} has no host")
-        address = resolve_host(view, parts.hostname, workload["namespace"])
+        workload, address, parts = resolve_url(view, source, url)
     except RequestError as exc:
         raise CheckError(str(exc)) from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -78,6 +78,17 @@ def resolve_host(state: dict[str, Any], host: str, client_namespace: str) -> str
     raise RequestError(f"cannot resolve host {host!r}: no service {ns}/{svc}")
 
 
+
+def resolve_url(state: dict[str, Any], source: str, url: str) -> tuple[dict[str, Any], str, SplitResult]:
+    """The source workload, the address the URL's host resolves to from it, and the parsed URL."""
+    workload = find_workload(state, source)
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http":
+        raise RequestError(f"only http:// URLs are supported (got {parts.scheme}://)")
+    if not parts.hostname:
+        raise RequestError(f"URL {url!r} has no host")
+    return workload, resolve_host(state, parts.hostname, workload["namespace"]), parts
+
 def send(
     state: dict[str, Any],
     source: str,
@@ -89,13 +100,7 @@ def send(
     http2: bool = False,
     timeout: float = 30.0,
 ) -> Response:
-    workload = find_workload(state, source)
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http":
-        raise RequestError(f"only http:// URLs are supported (got {parts.scheme}://)")
-    if not parts.hostname:
-        raise RequestError(f"URL {url!r} has no host")
-    address = resolve_host(state, parts.hostname, workload["namespace"])
+    workload, address, parts = resolve_url(state, source, url)
     port = parts.port or 80
     target = urlunsplit(("http", f"{address}:{port}", parts.path or "/", parts.query, ""))
     request_headers = list(headers or [])
