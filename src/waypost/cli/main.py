@@ -51,7 +51,7 @@ def up(
     from waypost.local.blocks import privileged_ports_problem
 
     state = _state(state_dir)
-    running = state.supervisor_pid()
+    running = state.supervisor_pid() or state.keeper_pid()
     if running:
         _fail(f"a mesh is already running from {state.root} (pid {running}); run 'waypost down' first")
     mesh, problems = load_mesh_config_file(mesh_config) if mesh_config else (None, [])
@@ -74,24 +74,40 @@ def up(
     state.state_file.unlink(missing_ok=True)
     # `up` starts from its manifests alone: what an earlier mesh here was `apply`-ed does not come back.
     state.applied_file.unlink(missing_ok=True)
+    argv = _supervisor_args(state, paths, concurrency, watch, str(Path(mesh_config).absolute()) if mesh_config else None)
     if detach:
-        _up_detached(state, paths, concurrency, watch, str(Path(mesh_config).absolute()) if mesh_config else None)
+        _up_detached(state, argv)
         return
-    from waypost.local.supervisor import Supervisor
+    # In the foreground this process is the keeper: it restarts the control plane if it crashes.
+    from waypost.local.keeper import Keeper
 
     spinner = _Progress()
-    supervisor = Supervisor(
-        state, paths, concurrency=concurrency, on_ready=lambda s: (spinner.stop(), _print_ready(s, foreground=True)), watch=watch,
-        mesh_config=mesh, on_progress=spinner.update,
-    )
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
-    code = supervisor.run()
+    shown = {"ready": False, "next": 0.0}
+
+    def tick() -> None:
+        if shown["ready"] or time.monotonic() < shown["next"]:
+            return
+        shown["next"] = time.monotonic() + 0.25
+        current = state.read_state() or {}
+        if current.get("phase") == "starting":
+            spinner.update(current)
+        elif current.get("phase") == "ready":
+            spinner.stop()
+            _print_ready(current, foreground=True)
+            shown["ready"] = True
+
+    keeper = Keeper(state, [sys.executable, "-m", "waypost.local.supervisor", *argv])
+    signal.signal(signal.SIGTERM, keeper.request_stop)
+    signal.signal(signal.SIGINT, keeper.request_stop)
+    code = keeper.run(on_tick=tick)
+    spinner.stop()
     final = state.read_state() or {}
     if code != 0:
         for line in final.get("errors", []):
             typer.echo(line, err=True)
-    raise typer.Exit(code)
+        if not final.get("errors"):
+            typer.echo(f"error: the control plane exited with {code}; see {state.logs / 'supervisor.log'}", err=True)
+    raise typer.Exit(0 if code == 0 else 1)
 
 
 class _Progress:
@@ -125,15 +141,21 @@ def _print_ready(state: dict[str, Any], foreground: bool) -> None:
         typer.echo("\nmesh is ready; press Ctrl-C to stop it")
 
 
-def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: bool = True, mesh_config: str | None = None) -> None:
-    argv = [sys.executable, "-m", "waypost.local.supervisor", "--state-dir", str(state.root), "--concurrency", str(concurrency)]
+def _supervisor_args(state: StateDir, paths: list[str], concurrency: int, watch: bool, mesh_config: str | None) -> list[str]:
+    argv = ["--state-dir", str(state.root), "--concurrency", str(concurrency)]
     if not watch:
         argv.append("--no-watch")
     if mesh_config:
         argv += ["--mesh-config", mesh_config]
     for p in paths:
         argv += ["-f", p]
-    with open(state.logs / "supervisor.log", "ab") as out:
+    return argv
+
+
+def _up_detached(state: StateDir, supervisor_args: list[str]) -> None:
+    # The keeper runs the supervisor (and restarts it if it crashes); see waypost/local/keeper.py.
+    argv = [sys.executable, "-m", "waypost.local.keeper", "--state-dir", str(state.root), "--", *supervisor_args]
+    with open(state.logs / "keeper.log", "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     spinner = _Progress()
@@ -153,7 +175,7 @@ def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: boo
             _fail("the mesh failed to start")
         if proc.poll() is not None:
             spinner.stop()
-            _fail(f"the supervisor exited with {proc.returncode}; see {state.logs / 'supervisor.log'}")
+            _fail(f"the control plane exited with {proc.returncode}; see {state.logs / 'supervisor.log'}")
         time.sleep(0.1)
     spinner.stop()
     proc.terminate()
@@ -163,34 +185,27 @@ def _up_detached(state: StateDir, paths: list[str], concurrency: int, watch: boo
 @app.command()
 def down(state_dir: Optional[str] = StateOpt) -> None:
     """Stop every process of the mesh."""
+    from waypost.local.keeper import stop_leftovers
+
     state = _state(state_dir)
     current = state.read_state() or {}
-    pid = state.supervisor_pid()
-    if pid:
-        os.kill(pid, signal.SIGTERM)
+    keeper, pid = state.keeper_pid(), state.supervisor_pid()
+    # The keeper first (it would restart a stopped supervisor); it passes the stop on to the supervisor.
+    for target in (keeper, pid):
+        if not target or not pid_alive(target):
+            continue
+        os.kill(target, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(target) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if pid_alive(target):
+            os.kill(target, signal.SIGKILL)
     # Anything the supervisor could not stop (it was killed, say) is stopped here.
-    leftovers = [p.get("pid") for p in current.get("proxies", [])]
-    leftovers.append((current.get("workloads_process") or {}).get("pid"))
-    for child in leftovers:
-        if child and pid_alive(child) and _is_ours(child, state):
-            os.kill(child, signal.SIGKILL)
-    if not pid and not current:
+    stop_leftovers(state)
+    if not pid and not keeper and not current:
         typer.echo(f"no mesh in {state.root}")
         return
     typer.echo(f"stopped the mesh in {state.root}")
-
-
-def _is_ours(pid: int, state: StateDir) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return str(state.root) in cmdline
 
 
 @app.command()
@@ -218,7 +233,7 @@ def status(
 
 @app.command()
 def request(
-    url: str = typer.Argument(..., help="http://HOST[:PORT]/PATH or grpc://HOST:PORT[/pkg.Service/Method]; HOST is a service name, VIP or pod IP."),
+    url: str = typer.Argument(..., help="http://HOST[:PORT]/PATH or grpc://HOST:PORT/pkg.Service/Method (the path is optional); HOST is a service name, VIP or pod IP."),
     source: str = typer.Option(..., "--from", help="NAMESPACE/NAME of the sending workload (Deployment or Pod)."),
     method: str = typer.Option("GET", "-X", "--request"),
     header: list[str] = typer.Option([], "-H", "--header", help="'Name: value' (repeatable)."),

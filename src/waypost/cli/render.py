@@ -62,7 +62,8 @@ def status(state: dict[str, Any]) -> str:
     cp = state.get("control_plane") or {}
     out = [
         f"mesh:          {state.get('state_dir')} ({state.get('phase')}{'' if state.get('running') else ', not running'})",
-        f"control plane: pid {cp.get('pid')}, xDS {cp.get('xds')}",
+        f"control plane: pid {cp.get('pid')}, xDS {cp.get('xds')}"
+        + (f", restarted {state['control_plane_restarts']} time(s) after a crash" if state.get("control_plane_restarts") else ""),
         "",
         table(
             ["PROXY", "KIND", "ADDRESS", "PID", "ADMIN", "METRICS", "VERSION", "READY"],

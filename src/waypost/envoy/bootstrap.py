@@ -24,7 +24,11 @@ def bootstrap(node_id: str, cluster: str, admin: tuple[str, int], xds: tuple[str
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                # Reconnect within a second of a restarted control plane coming back (Envoy's default backoff
+                # grows to 30 s; its xDS mux reads this policy, see Config::Utility::prepareJitteredExponentialBackOffStrategy).
+                "grpc_services": [
+                    {"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": {"retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}}}}
+                ],
             },
             "cds_config": ads,
             "lds_config": ads,

@@ -1,8 +1,17 @@
-"""Child processes of the supervisor (Envoys, the workload host) and the Envoy admin checks on them."""
+"""Child processes of the supervisor (Envoys, the workload host) and the Envoy admin checks on them.
+
+Two ways to outlive nothing, or to outlive the supervisor:
+- alone (`waypost up` run in-process, tests), children die with the supervisor (PR_SET_PDEATHSIG), so a
+  killed supervisor leaves nothing behind;
+- kept (`waypost.local.keeper`), children must keep serving while the supervisor is down: they are started
+  without the death signal, the keeper (a child subreaper) inherits them when the supervisor dies, and the
+  restarted supervisor adopts them by pid (`Child.adopt`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -10,21 +19,35 @@ import urllib.request
 from urllib.parse import quote
 from pathlib import Path
 
+from .state import pid_alive
+
 log = logging.getLogger("waypost.local")
 
+# False under the keeper (set by `supervisor.main --kept`): children must survive the supervisor.
+DIE_WITH_SUPERVISOR = True
 
-def _pdeathsig() -> None:
-    """Children get SIGKILL if the supervisor dies without cleaning up (Linux prctl PR_SET_PDEATHSIG)."""
+
+def set_death_signal(signum: int) -> None:
+    """This process gets `signum` when the thread that started it ends (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)
     except OSError:
         pass
 
 
+def _pdeathsig() -> None:
+    """Children get SIGKILL if the supervisor dies without cleaning up."""
+    set_death_signal(signal.SIGKILL)
+
+
 class Child:
-    """A supervised process: restarted with backoff when it exits on its own."""
+    """A supervised process: restarted with backoff when it exits on its own.
+
+    An adopted child (`adopt`) is a process an earlier supervisor started: it is known by pid only (the
+    keeper, not this process, is its parent and reaps it), and it is started anew like any other once it
+    exits."""
 
     def __init__(self, name: str, argv: list[str], log_file: Path) -> None:
         self.name = name
@@ -33,29 +56,46 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._next_start = 0.0
+        self._adopted: int | None = None  # pid of an adopted process
 
     def start(self) -> None:
+        self._adopted = None
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_pdeathsig if DIE_WITH_SUPERVISOR else None,
             )
+
+    def adopt(self, pid: int, restarts: int = 0) -> None:
+        """Takes over a running process an earlier supervisor started with this child's argv."""
+        self.proc = None
+        self._adopted = pid
+        self.restarts = restarts
 
     @property
     def pid(self) -> int | None:
+        if self._adopted is not None:
+            return self._adopted
         return self.proc.pid if self.proc else None
 
     @property
+    def returncode(self) -> int | str:
+        return self.proc.returncode if self.proc is not None and self.proc.returncode is not None else "?"
+
+    @property
     def exited(self) -> bool:
+        if self._adopted is not None:
+            return not pid_alive(self._adopted)
         return self.proc is not None and self.proc.poll() is not None
 
     def poll_restart(self) -> bool:
         """Restarts the process if it died; True when it did."""
-        if self.proc is None or self.proc.poll() is None:
+        if (self.proc is None and self._adopted is None) or not self.exited:
             return False
         now = time.monotonic()
         if now < self._next_start:
             return False
-        log.warning("%s exited with %s; restarting", self.name, self.proc.returncode)
+        log.warning("%s exited with %s; restarting", self.name, self.returncode)
         self.restarts += 1
         self._next_start = now + min(5.0, 0.2 * 2 ** min(self.restarts, 5))
         self.start()
@@ -63,12 +103,20 @@ class Child:
 
     def signal(self, signum: int) -> bool:
         """Sends `signum` to a running process; False when it is not running."""
+        if self._adopted is not None:
+            if not pid_alive(self._adopted):
+                return False
+            os.kill(self._adopted, signum)
+            return True
         if self.proc is None or self.proc.poll() is not None:
             return False
         self.proc.send_signal(signum)
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self._adopted is not None:
+            _stop_pid(self._adopted, timeout)
+            return
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
@@ -77,6 +125,23 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout`, for a process this one did not start (its parent reaps it)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            deadline = float("inf")
+        time.sleep(0.02)
 
 
 def _admin_get(address: str, path: str) -> str | None:

@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from waypost.ca import CertificateAuthority
@@ -23,7 +24,7 @@ from waypost.xds.types import short_name
 
 from .binary import envoy_path
 from .children import Child, admin_ready, listeners_warm
-from .state import StateDir
+from .state import StateDir, pid_alive
 
 
 # Workload certificate lifetime (Istio's default is 24 h) and when to renew: at half of it, as Istio's
@@ -68,6 +69,18 @@ def xds_snapshot(config: ProxyConfig, secrets: dict[str, dict[str, Any]]) -> Sna
             TYPE_SECRET: secrets,
         }
     )
+
+
+def _runs(os_pid: int, argv: Sequence[str]) -> bool:
+    """Whether process `os_pid` is alive and runs exactly `argv` (the binary path aside, which /proc may
+    spell differently): a pid reused by an unrelated process is never taken for one of ours."""
+    if not pid_alive(os_pid):
+        return False
+    try:
+        running = Path(f"/proc/{os_pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return [a.decode(errors="replace") for a in running[1:]] == list(argv[1:])
 
 
 class ProxyFleet:
@@ -120,18 +133,36 @@ class ProxyFleet:
         boot = bootstrap(pid, config.kind, (config.address, ADMIN_PORT), (self.control_plane, XDS_PORT))
         boot_file = self.state.bootstraps / f"{name}.json"
         boot_file.write_text(json.dumps(boot, indent=1, sort_keys=True))
-        argv = [
-            envoy_path(), "-c", str(boot_file), "--disable-hot-restart", "--concurrency", str(self.concurrency),
-            "--log-level", "warning", "--drain-time-s", "1", "--service-node", pid, "--service-cluster", config.kind,
-            # Envoy's own log goes to its own file: stdout (the Child's log) then holds access logs only,
-            # flushed every second so `waypost logs` is current.
-            "--log-path", str(self.state.logs / f"{name}.envoy.log"), "--file-flush-interval-msec", "1000",
-        ]
-        child = Child(pid, argv, self.state.logs / f"{name}.log")
+        child = self._child(pid, config.kind)
         child.start()
         with self._lock:
             self._children[pid] = child
             self._addresses[pid] = config.address
+
+    def adopt(self, pid: str, kind: str, address: str, os_pid: int, restarts: int = 0) -> bool:
+        """Takes over the running Envoy of proxy `pid` that an earlier supervisor of this state directory
+        started (it kept serving its last config while no control plane was up; it reconnects to this one's
+        xDS server). False, and nothing adopted, unless `os_pid` is that very Envoy."""
+        child = self._child(pid, kind)
+        if not _runs(os_pid, child.argv):
+            return False
+        child.adopt(os_pid, restarts)
+        with self._lock:
+            self._children[pid] = child
+            self._addresses[pid] = address
+        return True
+
+    def _child(self, pid: str, kind: str) -> Child:
+        name = pid.replace("~", ".")
+        boot_file = self.state.bootstraps / f"{name}.json"
+        argv = [
+            envoy_path(), "-c", str(boot_file), "--disable-hot-restart", "--concurrency", str(self.concurrency),
+            "--log-level", "warning", "--drain-time-s", "1", "--service-node", pid, "--service-cluster", kind,
+            # Envoy's own log goes to its own file: stdout (the Child's log) then holds access logs only,
+            # flushed every second so `waypost logs` is current.
+            "--log-path", str(self.state.logs / f"{name}.envoy.log"), "--file-flush-interval-msec", "1000",
+        ]
+        return Child(pid, argv, self.state.logs / f"{name}.log")
 
     def stop(self, pid: str) -> None:
         """Stops the proxy's Envoy and forgets it. xDS keeps its last snapshot: nothing will ask for it."""
@@ -200,7 +231,7 @@ class ProxyFleet:
             child = self._children.get(pid)
         # A proxy that was running before restarts and catches up; one that cannot even start will not.
         if new and child is not None and child.exited:
-            return f"{pid} exited with {child.proc.returncode if child.proc else '?'}; see {child.log_file}"
+            return f"{pid} exited with {child.returncode}; see {child.log_file}"
         return None
 
     # -- state.json ------------------------------------------------------------------------------------

@@ -34,6 +34,10 @@ class StateDir:
         return self.root / "supervisor.pid"
 
     @property
+    def keeper_pid_file(self) -> Path:
+        return self.root / "keeper.pid"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -79,6 +83,15 @@ class StateDir:
     def supervisor_pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+
+    def keeper_pid(self) -> int | None:
+        """The pid of the keeper that restarts this mesh's supervisor (`keeper.py`), if one runs."""
+        try:
+            pid = int(self.keeper_pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if pid_alive(pid) else None

@@ -86,8 +86,12 @@ class Supervisor:
         watch: bool = True,
         mesh_config: MeshConfig | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        resume: bool = False,
     ) -> None:
         self.state = state
+        # Started again by the keeper after a crash: take over the mesh the last supervisor of this state
+        # directory ran (its address block, CA, `apply`-ed resources and still-running processes).
+        self.resume = resume
         self.paths = list(paths)
         self.mesh_config = mesh_config  # from `up --mesh-config`; the istio ConfigMap overlays it
         self.concurrency = concurrency
@@ -197,19 +201,28 @@ class Supervisor:
         if problems:
             raise StartupError("\n".join(d.render() for d in problems))
         resources = compose(result.resources, overlay)
-        plan, self._block_lock = acquire_block()
+        previous = self.state.read_state() if self.resume else None
+        if self.resume and not (previous and previous.get("block")):
+            raise StartupError(f"nothing to resume in {self.state.root}: no state.json of a running mesh")
+        plan, self._block_lock = acquire_block(previous["block"] if previous else None)
         try:
             snapshot = self.wasm.attach(self.jwks.attach(build(resources, plan, mesh_config=self.mesh_config)))
         except ValueError as exc:  # e.g. AddressSpaceExhausted
             raise StartupError(str(exc)) from None
-        ca = CertificateAuthority.generate()
-        ca.save(self.state.certs)
+        if previous:
+            ca = CertificateAuthority.load(self.state.certs)  # the root every running proxy trusts
+        else:
+            ca = CertificateAuthority.generate()
+            ca.save(self.state.certs)
         # One ADS stream per Envoy holds one server thread: room for every proxy a local mesh can run.
         self.xds = XdsServer(plan.control_plane, XDS_PORT, max_workers=XDS_MAX_STREAMS)
         self.xds.start()
         self.fleet = ProxyFleet(self.state, self.xds, ca, plan.control_plane, self.concurrency)
         started = now()
-        self.info = {"block": plan.block, "started": started}
+        self.info = {"block": plan.block, "started": started, "control_plane_restarts": 0}
+        if previous:
+            self.info.update(started=previous.get("started", started), control_plane_restarts=int(previous.get("control_plane_restarts", 0)) + 1)
+            self._adopt(previous)
         configs, translation = translate_incremental(snapshot)
         snapshot = with_patch_status(snapshot, configs)
         self.running = Running(result.resources, overlay, resources, snapshot, 1, track({}, [], resources, started), translation)
@@ -233,6 +246,19 @@ class Supervisor:
         self._control = ControlServer(self.state.control_socket, self._submit)
         self._control.start()
         self._metrics = MetricsEndpoints(plan.control_plane)
+
+    def _adopt(self, previous: dict[str, Any]) -> None:
+        """Takes over the processes the last supervisor left running: they kept serving their last config
+        and reconnect to this xDS server, which serves them the current one (the rollout waits for their
+        ACKs as for any change). One that is gone is started anew by the rollout."""
+        assert self.fleet is not None
+        adopted = []
+        for p in previous.get("proxies", []):
+            if p.get("pid") and self.fleet.adopt(p["name"], p["kind"], p["address"], int(p["pid"]), int(p.get("restarts", 0))):
+                adopted.append(p["name"])
+        workloads = (previous.get("workloads_process") or {}).get("pid")
+        kept_workloads = bool(workloads) and self.workloads.adopt(int(workloads))
+        log.info("resuming the mesh in %s: adopted %d proxies%s", self.state.root, len(adopted), " and the workloads" if kept_workloads else "")
 
     def _report_progress(self, done: threading.Event) -> None:
         while not done.wait(PROGRESS_INTERVAL):
@@ -322,7 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--no-watch", action="store_true", help="do not reload the manifests when they change")
     parser.add_argument("--mesh-config", help="MeshConfig YAML file (the istio ConfigMap in istio-system overlays it)")
+    parser.add_argument("--kept", action="store_true", help="run under waypost.local.keeper: the proxies outlive this process")
+    parser.add_argument("--resume", action="store_true", help="take over the mesh a crashed supervisor left (with --kept)")
     args = parser.parse_args(argv)
+    if args.kept:
+        from . import children
+
+        children.DIE_WITH_SUPERVISOR = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     mesh_config = None
     if args.mesh_config:
@@ -331,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
             for d in problems:
                 print(d.render(), file=sys.stderr)
             return 2
-    supervisor = Supervisor(StateDir(Path(args.state_dir)), args.filename, concurrency=args.concurrency, watch=not args.no_watch, mesh_config=mesh_config)
+    supervisor = Supervisor(
+        StateDir(Path(args.state_dir)), args.filename, concurrency=args.concurrency, watch=not args.no_watch, mesh_config=mesh_config, resume=args.resume
+    )
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     return supervisor.run()

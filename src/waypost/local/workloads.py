@@ -12,12 +12,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from waypost.mesh import MeshSnapshot
 
 from .children import Child
-from .state import StateDir, write_json_atomic
+from .state import StateDir, pid_alive, write_json_atomic
 
 
 def echo_workloads(snapshot: MeshSnapshot) -> list[dict[str, Any]]:
@@ -67,11 +68,7 @@ class WorkloadHost:
         if self._child is None:
             write_json_atomic(self.state.echo_spec, {"workloads": workloads})
             self.state.echo_ready.unlink(missing_ok=True)
-            self._child = Child(
-                "workloads",
-                [sys.executable, "-m", "waypost.local.echo", "--spec", str(self.state.echo_spec), "--ready-file", str(self.state.echo_ready)],
-                self.state.logs / "workloads.log",
-            )
+            self._child = self._new_child()
             self._waiting_for = (None, 0)
             self._child.start()
         else:
@@ -86,6 +83,34 @@ class WorkloadHost:
         self.spec = workloads
         return True
 
+    def _new_child(self) -> Child:
+        return Child(
+            "workloads",
+            [sys.executable, "-m", "waypost.local.echo", "--spec", str(self.state.echo_spec), "--ready-file", str(self.state.echo_ready)],
+            self.state.logs / "workloads.log",
+        )
+
+    def adopt(self, pid: int, restarts: int = 0) -> bool:
+        """Takes over the workload process an earlier supervisor started, and what it was told to serve.
+        False unless `pid` is that process and has said it serves the spec file."""
+        try:
+            spec = json.loads(self.state.echo_spec.read_text())["workloads"]
+        except (OSError, ValueError, KeyError):
+            return False
+        ready = self._ready()
+        if ready is None or ready.get("pid") != pid or not pid_alive(pid):
+            return False
+        try:  # that very process, not another one that got its pid
+            if str(self.state.echo_ready).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return False
+        except OSError:
+            return False
+        child = self._new_child()
+        child.adopt(pid, restarts)
+        self._child, self.spec = child, spec
+        self._waiting_for = (None, 0)
+        return True
+
     def wait(self, deadline: float, stopping: threading.Event) -> str | None:
         """Waits until the process serves the spec last `set`; None, or why it does not."""
         assert self._child is not None and self.spec is not None
@@ -98,7 +123,7 @@ class WorkloadHost:
                 if expected.issubset(set(ready.get("listening", []))):
                     return None
             if self._child.exited and self._child.restarts == 0:
-                return f"workloads exited with {self._child.proc.returncode if self._child.proc else '?'}; see {self._child.log_file}"
+                return f"workloads exited with {self._child.returncode}; see {self._child.log_file}"
             if stopping.is_set():
                 return "the supervisor is stopping"
             if time.monotonic() > deadline:
