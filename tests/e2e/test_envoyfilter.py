@@ -13,6 +13,8 @@ from tests.manifests import ambient_with_waypoint, echo_service
 pytestmark = pytest.mark.e2e
 
 MESH = ambient_with_waypoint("shop") + echo_service("shop")
+# A second waypoint, in a namespace no EnvoyFilter targets: a NACK on shop's waypoint leaves it alone.
+OTHER = ambient_with_waypoint("other") + echo_service("other")
 
 
 def envoy_filter(name: str, patches: str) -> str:
@@ -70,7 +72,7 @@ def status(mesh, name: str) -> dict[str, dict]:
 
 
 def test_envoyfilter_patches_report_and_rejection(start_mesh, tmp_path):
-    mesh = start_mesh(MESH + LUA + NOTHING, name="envoyfilter")
+    mesh = start_mesh(MESH + OTHER + LUA + NOTHING, name="envoyfilter")
     r = mesh.request("shop/client", "http://svc/")
     assert r.status == 200 and r.as_json()["headers"]["x-envoyfilter"] == ["lua"]
     lua = status(mesh, "lua-response")
@@ -79,6 +81,8 @@ def test_envoyfilter_patches_report_and_rejection(start_mesh, tmp_path):
     idle = status(mesh, "no-match")["Patched"]
     assert (idle["status"], idle["reason"]) == ("False", "PatchMatchedNothing") and "configPatches[0] (HTTP_FILTER REMOVE)" in idle["message"]
 
+    bystanders = {p["name"]: (p["pid"], p["version"], p["xds_versions"]) for p in mesh.state["proxies"] if p["name"] != "waypoint~shop~waypoint"}
+    assert "waypoint~other~waypoint" in bystanders
     bad = tmp_path / "bad.yaml"
     bad.write_text(AFTER_ROUTER)
     proc = mesh.cli("apply", "-f", str(bad), check=False)
@@ -92,6 +96,9 @@ def test_envoyfilter_patches_report_and_rejection(start_mesh, tmp_path):
         assert r.status == 200 and r.as_json()["headers"]["x-envoyfilter"] == ["lua"]
         time.sleep(0.1)
     assert not any(c["name"] == "after-router" for c in mesh.state["conditions"])
+    # The other proxies were not touched: same process, same config generation, same xDS versions.
+    assert {p["name"]: (p["pid"], p["version"], p["xds_versions"]) for p in mesh.state["proxies"] if p["name"] in bystanders} == bystanders
+    assert mesh.request("other/client", "http://svc/").status == 200
 
     # A bad update of an EnvoyFilter that runs: rolled back, and the running one's status says so.
     bad_lua = tmp_path / "bad-lua.yaml"
