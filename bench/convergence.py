@@ -191,7 +191,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
     route_file.write_text(ROUTE.format(ns=NAMESPACE, i=0))
     state_dir = work / "state"
     samples: dict[str, list[float]] = {"apply→ACK": [], "apply→observed": [], "cli→ACK": [], "cli→observed": [], "file write→observed": []}
-    server: dict[str, list[float]] = {"compute": [], "rollout": [], "total": []}
+    server: dict[str, list[float]] = {"compute": [], "rollout": [], "rollout push": [], "rollout ack": [], "commit": [], "total": []}
     updated: list[list[str]] = []
     print(f"mesh of {services} Services: {changes} applies, {cli_changes} CLI applies, {file_changes} file edits, {bulk_routes} routes at once", flush=True)
     box = BoxMeter()

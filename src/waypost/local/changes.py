@@ -241,6 +241,7 @@ class Changes:
         pushed = time.monotonic()
         rollout = roll_out(fleet, host, configs, echo_workloads(snapshot), {pid: generation for pid in configs}, pushed + CHANGE_TIMEOUT, sup.stopping)
         outcome.timings_ms["rollout"] = _ms(pushed)
+        outcome.timings_ms.update({f"rollout {k}": v for k, v in rollout.timings_ms.items()})
         outcome.proxies = {"started": rollout.started, "updated": rollout.updated, "stopped": rollout.stopped}
         if rollout.error:
             outcome.ok = False
@@ -262,8 +263,10 @@ class Changes:
                 self._commit(dataclasses.replace(running, snapshot=_mark_rejected(running.snapshot, suspects, rollout.error)), False)
             sup.write_state()
             return outcome
+        committing = time.monotonic()
         history = _track(running.history, running.resources, resources, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self._commit(Running(base, overlay, resources, snapshot, generation, history, translation), overlay != running.overlay)
+        outcome.timings_ms["commit"] = _ms(committing)
         outcome.generation = generation
         outcome.timings_ms["total"] = _ms(started)
         log.info(

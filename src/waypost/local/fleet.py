@@ -97,6 +97,9 @@ class ProxyFleet:
         self._addresses: dict[str, str] = {}
         self._lock = threading.Lock()  # the supervisor acts on one thread; this keeps a reader on another (state.json) safe
         self._certs: dict[str, dict[str, Any]] = {}
+        # Proxies served new listeners since their last `wait`: only a listener can be warming, and asking
+        # Envoy (a regex over every stat name, 100+ ms for a waypoint of 1000 Services) is skipped otherwise.
+        self._listeners_pushed: set[str] = set()
 
     # -- configuration ---------------------------------------------------------------------------------
     def renew_certificates(self, now: float | None = None) -> list[str]:
@@ -121,9 +124,12 @@ class ProxyFleet:
             return False
         snapshot = xds_snapshot(config, secret_resources(self.ca, config.secrets, self._certs))
         versions = self.xds.set_snapshot(pid, snapshot)
+        before = self._versions.get(pid, {})
         self.configs[pid] = config
         self.generations[pid] = generation
         self._versions[pid] = {t: versions.get(t, "") for t in snapshot.resources}
+        if self._versions[pid].get(TYPE_LISTENER) != before.get(TYPE_LISTENER):
+            self._listeners_pushed.add(pid)
         return True
 
     # -- processes -------------------------------------------------------------------------------------
@@ -174,6 +180,7 @@ class ProxyFleet:
         self.configs.pop(pid, None)
         self.generations.pop(pid, None)
         self._versions.pop(pid, None)
+        self._listeners_pushed.discard(pid)
 
     def started_address(self, pid: str) -> str | None:
         """The address the running Envoy was started with: its admin listener and bootstrap use it."""
@@ -208,8 +215,11 @@ class ProxyFleet:
                     continue
                 if pid in new and not admin_ready(address):
                     continue
-                if listeners_warm(address):
+                if pid not in new and pid not in self._listeners_pushed:
+                    pending.discard(pid)  # ACKed, and nothing it was served can be warming
+                elif listeners_warm(address):
                     pending.discard(pid)
+                    self._listeners_pushed.discard(pid)
             if not pending:
                 return None
             if stopping.is_set():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,14 @@ class Rollout:
     stopped: list[str] = field(default_factory=list)  # proxies whose Envoy was stopped
     workloads_changed: bool = False
     error: str | None = None
+    # Where the time went: "push" = translating the configs to xDS (encoding) and handing them over,
+    # "ack" = waiting for the Envoys to ACK them and warm their listeners.
+    timings_ms: dict[str, float] = field(default_factory=lambda: {"push": 0.0, "ack": 0.0})
+
+    def _timed(self, what: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings_ms[what] = round(self.timings_ms[what] + (now - since) * 1000, 1)
+        return now
 
 
 def roll_out(
@@ -75,15 +84,20 @@ def roll_out(
         # still there, and they go once it is ACKed. Otherwise Envoy applies the cluster removal before the
         # route that stops naming them, and requests in between get 500 cluster_not_found.
         bridging = {pid: b for pid in changed if (b := _bridge(fleet.configs.get(pid), configs[pid])) is not None}
+        t = time.monotonic()
         for pid in changed:
             if fleet.set_config(pid, bridging.get(pid, configs[pid]), generations[pid]):
                 out.updated.append(pid)
+        t = out._timed("push", t)
         out.error = fleet.wait(out.updated, deadline, stopping)
+        t = out._timed("ack", t)
         if out.error:
             return out
         for pid in bridging:
             fleet.set_config(pid, configs[pid], generations[pid])
+        t = out._timed("push", t)
         out.error = fleet.wait(list(bridging), deadline, stopping)
+        out._timed("ack", t)
         if out.error:
             return out
         # 3. break
