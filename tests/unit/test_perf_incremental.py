@@ -248,3 +248,54 @@ def test_a_push_for_an_unchanged_subscription_sends_only_the_changed_routes():
     three = encoded({"a": "1", "b": "3", "c": "1"})
     [full] = stream.on_snapshot(three)
     assert len(full.resources) == 3
+
+
+ECHO_V2_MOVED = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: quickstart}
+spec:
+  selector: {app: echo, version: v2}
+  ports: [{name: http, port: 81, targetPort: 8080}]
+"""
+
+
+def test_build_reusing_an_earlier_snapshot_equals_a_build_from_scratch():
+    base = list(resources_of("quickstart"))
+    route = load_text(ROUTE_CHANGE % 1, "r.yaml").resources
+    steps = [base, base + route, base + load_text(ROUTE_CHANGE % 2, "r.yaml").resources]
+    # The backend the route names loses its port 80: the reused rule results must not survive that.
+    moved = [r for r in steps[-1] if not (r.KIND == "Service" and r.name == "echo-v2")] + load_text(ECHO_V2_MOVED, "s.yaml").resources
+    steps += [moved, steps[2], [r for r in steps[2] if not (r.KIND == "Service" and r.name == "echo-v2")], base + route]
+    previous = None
+    for resources in steps:
+        assignments = address_assignments(previous) if previous else None
+        reused = build(resources, PLAN, previous=assignments, reuse=previous)
+        fresh = build(resources, PLAN, previous=assignments)
+        assert reused == fresh
+        assert reused.routes == fresh.routes and reused.statuses == fresh.statuses
+        previous = reused
+    # An unchanged route with unchanged backends keeps its rule results (the very objects).
+    again = build(steps[-1], PLAN, previous=address_assignments(previous), reuse=previous)
+    route_id = id(next(r for r in steps[-1] if r.KIND == "HTTPRoute" and r.name == "incremental-test"))
+    assert again.rule_memo[route_id][1] is previous.rule_memo[route_id][1]
+    statuses = {(s.kind, s.name): s for s in build(moved, PLAN).statuses}
+    assert "BackendNotFound" in str(statuses[("HTTPRoute", "incremental-test")])
+
+
+def test_diff_tells_a_waypoint_chain_changed_only_when_its_policies_or_its_service_did():
+    base = list(resources_of("quickstart"))
+    first = build(base, PLAN)
+    echo = first.service("quickstart/echo").key
+    waypoint = first.services_of_waypoint and next(iter(first.services_of_waypoint))
+    dep = ("call", "waypoint_chain", ("authz", waypoint, echo), ())
+    routed = build(base + load_text(ROUTE_CHANGE % 1, "r.yaml").resources, PLAN, previous=address_assignments(first))
+    assert not Diff(first, routed).changed(dep)
+    denied = build(base + load_text(POLICY, "p.yaml").resources, PLAN, previous=address_assignments(first))
+    assert Diff(first, denied).changed(dep)
+    # A policy elsewhere changes the policy list, but not this chain's policies: compared, not changed.
+    other = POLICY.replace("name: echo}", "name: echo-v1}").replace("incremental-deny", "elsewhere")
+    elsewhere = build(base + load_text(other, "p.yaml").resources, PLAN, previous=address_assignments(first))
+    assert not Diff(first, elsewhere).changed(dep)
+    gone = build([r for r in base if not (r.KIND == "Service" and r.name == "echo")], PLAN, previous=address_assignments(first))
+    assert Diff(first, gone).changed(dep)

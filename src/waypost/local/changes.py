@@ -222,7 +222,7 @@ class Changes:
             outcome.timings_ms["total"] = _ms(started)
             return outcome
         try:
-            snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config)))
+            snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config, reuse=running.snapshot)))
             if translate is _full_translate:
                 configs, translation = translate_incremental(snapshot, running.translation)
             else:  # `translate` was replaced (the seam tests/e2e/test_live_rollback.py uses): no cache

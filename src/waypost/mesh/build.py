@@ -98,8 +98,10 @@ def resolve_authz_providers(mesh: MeshConfig, services: Sequence[Service]) -> tu
 
 def build(
     resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None,
-    mesh_config: MeshConfig | None = None,
+    mesh_config: MeshConfig | None = None, reuse: MeshSnapshot | None = None,
 ) -> MeshSnapshot:
+    """The mesh model of `resources`. `previous`: address assignments to keep; `reuse`: an earlier snapshot
+    whose memos may be reused where their inputs did not change (the result is the same without it)."""
     previous = previous or {}
     of = lambda cls: [r for r in resources if isinstance(r, cls)]  # noqa: E731
     mesh = mesh_config_of(resources, mesh_config)
@@ -232,13 +234,14 @@ def build(
         if entry_binding.condition is not None:
             statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, (entry_binding.condition,)))
 
-    routes, route_statuses = route_attachment.attach(
+    routes, route_statuses, rule_memo = route_attachment.attach_reusing(
         sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
         waypoint_gateways,
         namespace_labels,
         {**{f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
          **{service_key("ServiceEntry", e.namespace, e.name): dict(e.labels) for e in entries}},
+        reuse.rule_memo if reuse is not None else None,
     )
     statuses.extend(route_statuses)
     l4, l4_statuses = l4routes.attach(
@@ -272,6 +275,7 @@ def build(
         # Istio's conflict rule for PeerAuthentications of one scope: the oldest wins.
         peer_authentications=tuple(sorted(of(PeerAuthentication), key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name))),
         mesh_config=mesh,
+        rule_memo=rule_memo,
     )
 
 

@@ -372,6 +372,9 @@ class MeshSnapshot:
     peer_authentications: tuple = field(default=())  # api PeerAuthentication values, oldest first
     wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
+    # What `build` may reuse when it builds the next snapshot (`build(..., reuse=this)`): route rules turned
+    # into entries (`routes.attach_reusing`). Not part of the model: equality, hashing and repr ignore it.
+    rule_memo: Any = field(default=None, compare=False, repr=False)
 
     # Lookups by key. The snapshot is immutable, so each index is built once, on first use, and kept on the
     # instance (cached_property writes the instance dict, which a frozen dataclass allows); they are not
@@ -470,6 +473,11 @@ class MeshSnapshot:
 
     def service(self, key: str) -> Service | None:
         return self._services_by_key.get(key)
+
+    def service_identity(self, key: str) -> tuple[str, str, str] | None:
+        """(kind, namespace, name) of the service `key` names, None when there is none (`tracking._inputs`)."""
+        found = self._services_by_key.get(key)
+        return (found.kind, found.namespace, found.name) if found is not None else None
 
     def service_by_fqdn(self, fqdn: str) -> Service | None:
         return self._services_by_fqdn.get(fqdn)

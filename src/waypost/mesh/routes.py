@@ -19,6 +19,7 @@ Rules followed (shared/spec/gateway-api.md §1, §4; istio-ambient-semantics.md 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute, ParentReference
@@ -78,15 +79,67 @@ def attach(
     service_labels: Mapping[str, Mapping[str, str]],
 ) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...]]:
     """Route entries per (service, port) as the service's waypoint applies them, plus route statuses."""
-    resolver = BackendResolver(services)
+    out, statuses, _ = attach_reusing(routes, services, waypoint_gateways, namespace_labels, service_labels, None)
+    return out, statuses
+
+
+class _Looked(dict):
+    """The services a route's rules looked up, each as what the lookup told them (`_signature`)."""
+
+
+def _signature(service: Service | None) -> tuple | None:
+    # All a BackendResolver answers from a service: that it exists, its FQDN and its port numbers.
+    return None if service is None else (service.fqdn, tuple(p.port for p in service.ports))
+
+
+class _RecordingServices:
+    __slots__ = ("_services", "looked")
+
+    def __init__(self, services: Mapping[str, Service], looked: _Looked) -> None:
+        self._services, self.looked = services, looked
+
+    def get(self, key: str, default: Any = None) -> Service | None:
+        found = self._services.get(key, default)
+        self.looked[key] = _signature(found)
+        return found
+
+
+# id(route) -> (the route, its rules' results, the services they looked up): `attach_reusing`'s memo.
+RuleMemo = Mapping[int, tuple[Any, list, _Looked]]
+
+
+def _rule_results(route: HTTPRoute | GRPCRoute, services: Mapping[str, Service], memo: RuleMemo | None) -> tuple[list, _Looked]:
+    """The rules' entries of one route; the memo's when it holds this very route object and every service
+    those rules looked up answers the same (a rule reads nothing else)."""
+    hit = memo.get(id(route)) if memo is not None else None
+    if hit is not None and hit[0] is route and all(_signature(services.get(k)) == sig for k, sig in hit[2].items()):
+        return hit[1], hit[2]
+    looked = _Looked()
+    resolver = BackendResolver(_RecordingServices(services, looked))  # type: ignore[arg-type] - reads like a Mapping
+    rule_entries = grpc.rule_entries if route.KIND == "GRPCRoute" else http.rule_entries
+    return [rule_entries(route, i, rule, resolver) for i, rule in enumerate(route.spec.rules)], looked
+
+
+def attach_reusing(
+    routes: list[HTTPRoute | GRPCRoute],
+    services: Mapping[str, Service],
+    waypoint_gateways: Mapping[WaypointRef, object],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    service_labels: Mapping[str, Mapping[str, str]],
+    memo: RuleMemo | None,
+) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...], RuleMemo]:
+    """`attach`, reusing the rule results an earlier call left in `memo` for routes that did not change
+    (the same objects) and whose backends did not either; also returns the memo for the next call. Turning
+    every rule of every route into entries again was half of rebuilding a 1000-route mesh for one change."""
+    new_memo: dict[int, tuple[Any, list, _Looked]] = {}
     # (service, port, kind) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
     by_service: dict[tuple[str, int, str], dict[str | None, list]] = {}
     by_waypoint: dict[tuple[WaypointRef, str], dict[str | None, list]] = {}
     statuses: list[ResourceStatus] = []
     claims: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}  # (kind, ns, name, parent) -> ports
     for route in routes:
-        rule_entries = grpc.rule_entries if route.KIND == "GRPCRoute" else http.rule_entries
-        results = [rule_entries(route, i, rule, resolver) for i, rule in enumerate(route.spec.rules)]
+        results, looked = _rule_results(route, services, memo)
+        new_memo[id(route)] = (route, results, looked)
         valid = [r for r in results if r.invalid is None]
         dropped = [(i, r.invalid) for i, r in enumerate(results) if r.invalid is not None]
         ref_problems = [c for r in results for c in r.ref_problems]
@@ -177,7 +230,7 @@ def attach(
             ordered.extend(_with_consumer(e, group) for _, e in sorted(groups[group], key=lambda kv: kv[0]))
         producers = [e for _, e in sorted(groups.get(None, []), key=lambda kv: kv[0])]
         result.append(ServiceRoutes(service_key, port, tuple(ordered), tuple(producers), tuple(sorted(g for g in groups if g is not None))))
-    return tuple(result), tuple(statuses)
+    return tuple(result), tuple(statuses), new_memo
 
 
 def _mark_conflicts(status: ResourceStatus, claims, winners) -> ResourceStatus:

@@ -28,6 +28,8 @@ DERIVED: dict[str, str] = {
     "extension_chains": "extensions",
     "services_of_waypoint": "services",
 }
+# The policy field behind each kind of `MeshSnapshot.waypoint_chain`.
+CHAIN_FIELDS: dict[str, str] = {"authz": "authorization_policies", "authn": "request_authentications", "extensions": "extensions"}
 _FIELDS = frozenset(f.name for f in dataclasses.fields(MeshSnapshot))
 VOLATILE = ("volatile",)  # a read that must be treated as changed every time
 
@@ -70,6 +72,24 @@ class Recorder:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
+def _inputs(dep: Dep) -> list[Dep] | None:
+    """Reads that determine the answer of lookup `dep`, for lookups that are costly to run on both snapshots
+    and that many parts make: when none of these changed, neither did the answer. None: no such shortcut.
+
+    `waypoint_chain(kind, waypoint, service)` is a pure function of that kind's policies, the root
+    namespace and the service's kind, namespace and name (`policies.TargetIndex.chain`)."""
+    if dep[0] != "call" or dep[1] != "waypoint_chain" or dep[3] or len(dep[2]) != 3:
+        return None
+    kind, _waypoint, service = dep[2]
+    field = CHAIN_FIELDS.get(kind)
+    if field is None:
+        return None
+    inputs: list[Dep] = [("attr", field), ("attr", "root_namespace")]
+    if service is not None:
+        inputs.append(("call", "service_identity", (service,), ()))
+    return inputs
+
+
 def _read(snapshot: MeshSnapshot, dep: Dep) -> Any:
     if dep[0] == "attr":
         return getattr(snapshot, dep[1])
@@ -92,6 +112,8 @@ class Diff:
         if dep == VOLATILE or self.old is None:
             result = True
         elif self.old is self.new:
+            result = False
+        elif (inputs := _inputs(dep)) is not None and not any(self.changed(d) for d in inputs):
             result = False
         else:
             try:
