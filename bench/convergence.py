@@ -12,7 +12,9 @@ process is a mesh client.
    /p<i> to echo-v2 (everything else to echo-v1); change i moves it to /p<i>. Measured from the moment
    the request goes to the supervisor's control socket (what `waypost apply -f` sends; the CLI's own
    Python start-up is measured separately on a few changes):
-   - ACK:      the supervisor answers once every affected Envoy has ACKed (it says which were updated),
+   - ACK:      every affected Envoy has ACKed: the supervisor's answer, less the bookkeeping it does after
+               the ACKs and before answering (status documents, state files: `commit` in its timings),
+   - answer:   the supervisor's answer (it says which Envoys were updated),
    - observed: a prober thread sends GET /p<i> through the mesh back to back from the start, and the
                first answer from an echo-v2 pod is the new behaviour in force.
 2. The same change made by writing the watched manifest file (`waypost up -f` polls it), `--file-changes`
@@ -190,7 +192,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
     route_file = work / "route.yaml"  # watched: `up -f` names it
     route_file.write_text(ROUTE.format(ns=NAMESPACE, i=0))
     state_dir = work / "state"
-    samples: dict[str, list[float]] = {"apply→ACK": [], "apply→observed": [], "cli→ACK": [], "cli→observed": [], "file write→observed": []}
+    samples: dict[str, list[float]] = {"apply→ACK": [], "apply→answer": [], "apply→observed": [], "cli→answer": [], "cli→observed": [], "file write→observed": []}
     server: dict[str, list[float]] = {"compute": [], "rollout": [], "rollout push": [], "rollout ack": [], "commit": [], "total": []}
     updated: list[list[str]] = []
     print(f"mesh of {services} Services: {changes} applies, {cli_changes} CLI applies, {file_changes} file edits, {bulk_routes} routes at once", flush=True)
@@ -221,7 +223,10 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
                 if seen is None:
                     raise SystemExit(f"change {i}: the prober never saw /p{i} answered by echo-v2")
                 kind = "cli" if via_cli else "apply"
-                samples[f"{kind}→ACK"].append((acked - t0) * 1000)
+                samples[f"{kind}→answer"].append((acked - t0) * 1000)
+                if answer:
+                    after_ack = answer["timings_ms"]["total"] - answer["timings_ms"]["compute"] - answer["timings_ms"]["rollout"]
+                    samples["apply→ACK"].append((acked - t0) * 1000 - after_ack)
                 samples[f"{kind}→observed"].append((seen - t0) * 1000)
                 if answer:
                     for k in server:

@@ -299,3 +299,19 @@ def test_diff_tells_a_waypoint_chain_changed_only_when_its_policies_or_its_servi
     assert not Diff(first, elsewhere).changed(dep)
     gone = build([r for r in base if not (r.KIND == "Service" and r.name == "echo")], PLAN, previous=address_assignments(first))
     assert Diff(first, gone).changed(dep)
+
+
+def test_load_paths_reuses_the_resources_of_unchanged_files(tmp_path):
+    same, edited, broken = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    same.write_text(ROUTE_CHANGE % 1)
+    edited.write_text(POLICY)
+    broken.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: -1}]}\n")
+    first = load_paths([tmp_path])
+    edited.write_text(POLICY.replace("/admin", "/root"))
+    second = load_paths([tmp_path], reuse=first.per_file)
+    fresh = load_paths([tmp_path])
+    by_name = lambda result: {r.name: r for r in result.resources}  # noqa: E731
+    assert by_name(second)["incremental-test"] is by_name(first)["incremental-test"]  # not parsed again
+    assert by_name(second)["incremental-deny"] is not by_name(first)["incremental-deny"]
+    assert by_name(second)["incremental-deny"] == by_name(fresh)["incremental-deny"]
+    assert [d.render() for d in second.diagnostics] == [d.render() for d in fresh.diagnostics] and second.errors

@@ -6,7 +6,7 @@ Each document is validated on its own: one bad resource is reported and skipped,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,8 @@ class LoadResult:
     resources: list[Resource] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    # file -> (its text, what loading it alone gave), for `load_paths(..., reuse=)` (not a result itself).
+    per_file: dict[str, tuple[str, "LoadResult"]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -113,7 +115,9 @@ def manifest_files(paths: Iterable[Path]) -> tuple[list[Path], list[Diagnostic]]
     return files, problems
 
 
-def load_paths(paths: Sequence[Path | str]) -> LoadResult:
+def load_paths(paths: Sequence[Path | str], reuse: Mapping[str, tuple[str, LoadResult]] | None = None) -> LoadResult:
+    """Every manifest under `paths`, validated. `reuse`: the `per_file` of an earlier result; a file whose
+    text is unchanged keeps that load (the very resource objects) instead of being parsed again."""
     files, problems = manifest_files(Path(p) for p in paths)
     result = LoadResult(diagnostics=problems)
     for file in files:
@@ -122,7 +126,10 @@ def load_paths(paths: Sequence[Path | str]) -> LoadResult:
         except (OSError, UnicodeDecodeError) as exc:
             result.diagnostics.append(error(str(file), 0, f"cannot read: {exc}"))
             continue
-        result.extend(load_text(text, str(file)))
+        hit = reuse.get(str(file)) if reuse is not None else None
+        loaded = hit[1] if hit is not None and hit[0] == text else load_text(text, str(file))
+        result.per_file[str(file)] = (text, loaded)
+        result.extend(loaded)
     result.diagnostics.extend(_duplicates(result.resources))
     result.resources = _dedupe(result.resources)
     return result

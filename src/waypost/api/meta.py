@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import re
 from typing import Any, ClassVar, Literal
 
@@ -111,7 +113,9 @@ class Resource(BaseModel):
     def name(self) -> str:
         return self.metadata.name
 
-    @property
+    # Cached (the model is frozen; pydantic keeps cached properties out of fields, equality and dumps):
+    # the mesh layers ask every resource for its namespace and key many times per change.
+    @cached_property
     def namespace(self) -> str:
         return self.metadata.namespace or ("default" if self.NAMESPACED else "")
 
@@ -119,7 +123,7 @@ class Resource(BaseModel):
     def labels(self) -> dict[str, str]:
         return self.metadata.labels
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str, str]:
         """Identity within a mesh: (kind, namespace, name)."""
         return (self.KIND, self.namespace, self.name)

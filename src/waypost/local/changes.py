@@ -107,6 +107,8 @@ class Changes:
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
         self._lock = threading.Lock()
+        # The watched manifests as last loaded, per file: a reload parses only the files that changed.
+        self.watched_files: dict[str, tuple[str, Any]] = {}
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """A control-channel request → its answer (see `control.py`)."""
@@ -172,7 +174,8 @@ class Changes:
         """The watched manifests changed: the resources they changed take effect, the others stay."""
         started = time.monotonic()
         with self._lock:
-            loaded = load_paths(paths)
+            loaded = load_paths(paths, reuse=self.watched_files)
+            self.watched_files = loaded.per_file
             for d in loaded.warnings:
                 log.warning("%s", d.render())
             if loaded.errors:

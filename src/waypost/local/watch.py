@@ -15,7 +15,7 @@ from pathlib import Path
 
 from waypost.api.load import manifest_files
 
-POLL_INTERVAL = 0.5
+POLL_INTERVAL = 0.25
 # An editor may write a file in several steps; wait until the files stay put this long before reading.
 SETTLE = 0.1
 SETTLE_MAX = 2.0

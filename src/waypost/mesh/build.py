@@ -96,6 +96,22 @@ def resolve_authz_providers(mesh: MeshConfig, services: Sequence[Service]) -> tu
     return tuple(out)
 
 
+def _by_kind(resources: Sequence[Resource]) -> Callable[[type], list]:
+    """`of(cls)`: the resources that are `cls` instances, in input order, from one pass over the resources
+    (a scan per kind was 19 scans of the whole mesh per build)."""
+    by_type: dict[type, list] = {}
+    for r in resources:
+        by_type.setdefault(type(r), []).append(r)
+
+    def of(cls: type) -> list:
+        kinds = [t for t in by_type if issubclass(t, cls)]
+        if len(kinds) == 1:
+            return list(by_type[kinds[0]])
+        return [r for r in resources if isinstance(r, cls)]  # several types: keep their interleaved order
+
+    return of
+
+
 def build(
     resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None,
     mesh_config: MeshConfig | None = None, reuse: MeshSnapshot | None = None,
@@ -103,7 +119,7 @@ def build(
     """The mesh model of `resources`. `previous`: address assignments to keep; `reuse`: an earlier snapshot
     whose memos may be reused where their inputs did not change (the result is the same without it)."""
     previous = previous or {}
-    of = lambda cls: [r for r in resources if isinstance(r, cls)]  # noqa: E731
+    of = _by_kind(resources)
     mesh = mesh_config_of(resources, mesh_config)
     root_namespace = mesh.effective_root_namespace
     namespace_labels: dict[str, dict[str, str]] = {ns.name: dict(ns.labels) for ns in of(Namespace)}
