@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message, message_factory
 
+from waypost.xds import fastparse
 from waypost.xds.types import NAME_FIELD, short_name
 
 _log = logging.getLogger("waypost.xds")
@@ -130,6 +131,10 @@ def _parse(type_url: str, name: str, resource: object) -> message.Message:
         cls = message_class(type_url)
     except KeyError:
         raise EncodeError(type_url, name, "unknown message type (no Envoy API module defines it)") from None
+    try:
+        return fastparse.parse(resource, cls())
+    except fastparse.Unsupported:
+        pass  # ParseDict decides, with its own error messages
     msg = cls()
     try:
         json_format.ParseDict(resource, msg)
