@@ -158,8 +158,7 @@ def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[
 
 def _protocol(snapshot: MeshSnapshot, service: Service, port) -> str:
     """Istio's request_protocol: grpc for gRPC ports and ports a GRPCRoute routes, else http."""
-    routes = snapshot.routes_for(service.key, port.port)
-    if port.protocol == "GRPC" or (routes is not None and any(e.kind == "GRPCRoute" for e in routes.entries)):
+    if port.protocol == "GRPC" or snapshot.routed_by_grpc(service.key, port.port):
         return "grpc"
     return "http"
 
@@ -227,11 +226,34 @@ class _Builder:
                        frozenset(self.sniff_ports), frozenset(self.tls_ports))
 
 
+HTTP_PORTS = ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN")  # ports with an HTTP chain, hence a route config
+
+
+def _service_routes_section(snapshot: MeshSnapshot, service: Service) -> Section:
+    """The route configs of one served service's HTTP ports and the clusters of the backends they name.
+
+    A section of its own, apart from the service's chains (`_service_section`): a route change then
+    translates only this, not the chains with their policies and telemetry."""
+    out = _Builder()
+    for sp in service.ports:
+        if sp.protocol not in HTTP_PORTS:
+            continue
+        route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, f"{service.fqdn}:{sp.port}")
+        out.routes.append(route_config)
+        for backend, port in backend_clusters:
+            backend_service = snapshot.service_by_fqdn(backend)
+            assert backend_service is not None  # routing only names existing backends here
+            bp = backend_service.port(port)
+            bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
+            out.add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp, snapshot))
+    return out.section()
+
+
 def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service) -> Section:
-    """The chains, routes and clusters of one served service's ports."""
+    """The chains and their clusters of one served service's ports (its routes: `_service_routes_section`)."""
     out = _Builder()
     add_cluster = out.add_cluster
-    chains, routes, domains, sniff_ports, tls_ports = out.chains, out.routes, out.domains, out.sniff_ports, out.tls_ports
+    chains, domains, sniff_ports, tls_ports = out.chains, out.domains, out.sniff_ports, out.tls_ports
     jwks = dict(snapshot.jwks_documents)
     chain_policies = list(snapshot.waypoint_chain("authz", waypoint.ref, service.key))
     chain_authn = jwt.jwt_filters(list(snapshot.waypoint_chain("authn", waypoint.ref, service.key)), jwks)
@@ -249,16 +271,8 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
         tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot))
         route_name = f"{service.fqdn}:{sp.port}"
         match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
-        if sp.protocol in ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN"):
+        if sp.protocol in HTTP_PORTS:
             add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot))
-            route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, route_name)
-            routes.append(route_config)
-            for backend, port in backend_clusters:
-                backend_service = snapshot.service_by_fqdn(backend)
-                assert backend_service is not None  # routing only names existing backends here
-                bp = backend_service.port(port)
-                bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
-                add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp, snapshot))
         l4 = snapshot.l4routes_for(service.key, sp.port)
         if l4 is not None:
             if l4.kind == "TLSRoute":
@@ -354,10 +368,11 @@ def translate_cached(
     """`translate`, reusing from `memo` (what the translation of an earlier snapshot left; `diff` compares
     that snapshot with this one) every section whose inputs did not change. Same result as `translate`."""
     sections: dict[str, tuple[tuple, frozenset, Section]] = {}
-    parts = [
-        _section(memo, diff, f"service/{service.key}", (waypoint, service), lambda s, service=service: _service_section(s, waypoint, service), snapshot, sections)
-        for service in served_services(snapshot, waypoint)
-    ]
+    parts = []
+    for service in served_services(snapshot, waypoint):
+        # Chains first: where two sections name one cluster, the first wins, as the chains' (ext_authz) did.
+        parts.append(_section(memo, diff, f"service/{service.key}", (waypoint, service), lambda s, service=service: _service_section(s, waypoint, service), snapshot, sections))
+        parts.append(_section(memo, diff, f"routes/{service.key}", (service,), lambda s, service=service: _service_routes_section(s, service), snapshot, sections))
     parts.append(_section(memo, diff, "workloads", (waypoint,), lambda s: _workload_section(s, waypoint), snapshot, sections))
     clusters: dict[str, dict[str, Any]] = {}
     routes: list[dict[str, Any]] = []

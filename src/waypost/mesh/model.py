@@ -493,6 +493,12 @@ class MeshSnapshot:
     def routes_for(self, service_key: str, port: int) -> ServiceRoutes | None:
         return self._routes_by_port.get((service_key, port))
 
+    def routed_by_grpc(self, service_key: str, port: int) -> bool:
+        """Whether a GRPCRoute routes this service port (Istio's request_protocol is then grpc); a narrower
+        read than `routes_for`, so that a chain does not depend on every route change."""
+        routes = self._routes_by_port.get((service_key, port))
+        return routes is not None and any(e.kind == "GRPCRoute" for e in routes.entries)
+
     def l4routes_for(self, service_key: str, port: int) -> L4Routes | None:
         return self._l4routes_by_port.get((service_key, port))
 
