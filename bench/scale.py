@@ -56,6 +56,7 @@ def child(size: int, shape: str) -> None:
 
     text = manifest(size, shape)
     started = time.perf_counter()
+    from waypost import collector
     from waypost.api import load_text
     from waypost.envoy import ProxyConfig
     from waypost.envoy import waypoint as waypoint_config
@@ -70,14 +71,17 @@ def child(size: int, shape: str) -> None:
         raise SystemExit("\n".join(d.render() for d in loaded.errors[:5]))
     emit("validate", time.perf_counter() - t, resources=len(loaded.resources))
     t = time.perf_counter()
-    snapshot = build(loaded.resources, AddressPlan(250))
+    # As the supervisor runs build and translation: with the cyclic collector paused (waypost.collector).
+    with collector.paused():
+        snapshot = build(loaded.resources, AddressPlan(250))
     emit("build", time.perf_counter() - t, services=len(snapshot.services), workloads=len(snapshot.workloads))
     # Per proxy, as `waypost.envoy.translate` does it, so a slow proxy kind shows as its own stage.
     jobs = [(w.proxy_id, "waypoint", lambda w=w: waypoint_config.translate(snapshot, w)) for w in snapshot.waypoints]
     jobs += [(ztunnel_config.proxy_id(n), "ztunnel", lambda n=n: ztunnel_config.translate(snapshot, n)) for n in snapshot.nodes]
     for proxy, kind, job in jobs:
         t = time.perf_counter()
-        r = job()
+        with collector.paused():
+            r = job()
         seconds = time.perf_counter() - t
         sizes = {k: len(json.dumps(r[k], separators=(",", ":"))) for k in ("listeners", "clusters", "routes")}
         chains = sum(len(l.get("filter_chains", [])) for l in r["listeners"])

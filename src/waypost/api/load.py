@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from waypost import collector
+
 from . import core, envoyfilter, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security, telemetry
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
@@ -136,6 +138,13 @@ def load_paths(paths: Sequence[Path | str], reuse: Mapping[str, tuple[str, LoadR
 
 
 def load_text(text: str, filename: str = "<stdin>") -> LoadResult:
+    # Composing keeps every node of the file alive; the collector's full passes over that growing heap
+    # were more than half of loading a large file (1000 Services: 1.3 s -> 0.55 s).
+    with collector.paused():
+        return _load_text(text, filename)
+
+
+def _load_text(text: str, filename: str) -> LoadResult:
     result = LoadResult()
     try:
         nodes = list(yaml.compose_all(text, Loader=_COMPOSER))
@@ -372,7 +381,12 @@ _SCALAR_TAGS = frozenset(
 _AS_STRING_TAGS = frozenset({"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"})
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def _scalar(node: yaml.Node, path: tuple[Any, ...] = ()) -> Any:
+    if node.tag == _STR_TAG and isinstance(node, yaml.ScalarNode):
+        return node.value  # what SafeConstructor.construct_yaml_str returns, without its call overhead
     if node.tag in _AS_STRING_TAGS:
         return node.value
     if node.tag not in _SCALAR_TAGS:

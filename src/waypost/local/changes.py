@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from waypost import collector
 from waypost.api import Diagnostic, Resource, load_paths
 from waypost.envoy import (
     TranslationCache,
@@ -225,12 +226,13 @@ class Changes:
             outcome.timings_ms["total"] = _ms(started)
             return outcome
         try:
-            snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config, reuse=running.snapshot)))
-            if translate is _full_translate:
-                configs, translation = translate_incremental(snapshot, running.translation)
-            else:  # `translate` was replaced (the seam tests/e2e/test_live_rollback.py uses): no cache
-                configs, translation = translate(snapshot), None
-            snapshot = with_patch_status(snapshot, configs)
+            with collector.paused():
+                snapshot = sup.wasm.attach(sup.jwks.attach(build(resources, running.snapshot.plan, previous=address_assignments(running.snapshot), mesh_config=sup.mesh_config, reuse=running.snapshot)))
+                if translate is _full_translate:
+                    configs, translation = translate_incremental(snapshot, running.translation)
+                else:  # `translate` was replaced (the seam tests/e2e/test_live_rollback.py uses): no cache
+                    configs, translation = translate(snapshot), None
+                snapshot = with_patch_status(snapshot, configs)
         except Exception as exc:  # noqa: BLE001 - e.g. AddressSpaceExhausted; the running config must stay
             log.exception("cannot build the changed configuration")
             return Outcome(ok=False, errors=[f"cannot build the mesh from the changed resources: {exc}"], generation=running.generation)

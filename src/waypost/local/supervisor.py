@@ -34,6 +34,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from waypost import collector
 from waypost.api import load_paths
 from waypost.api.meshconfig import MeshConfig, load_mesh_config_file
 from waypost.ca import CertificateAuthority
@@ -208,7 +209,8 @@ class Supervisor:
             raise StartupError(f"nothing to resume in {self.state.root}: no state.json of a running mesh")
         plan, self._block_lock = acquire_block(previous["block"] if previous else None)
         try:
-            snapshot = self.wasm.attach(self.jwks.attach(build(resources, plan, mesh_config=self.mesh_config)))
+            with collector.paused():
+                snapshot = self.wasm.attach(self.jwks.attach(build(resources, plan, mesh_config=self.mesh_config)))
         except ValueError as exc:  # e.g. AddressSpaceExhausted
             raise StartupError(str(exc)) from None
         if previous:
@@ -225,8 +227,9 @@ class Supervisor:
         if previous:
             self.info.update(started=previous.get("started", started), control_plane_restarts=int(previous.get("control_plane_restarts", 0)) + 1)
             self._adopt(previous)
-        configs, translation = translate_incremental(snapshot)
-        snapshot = with_patch_status(snapshot, configs)
+        with collector.paused():
+            configs, translation = translate_incremental(snapshot)
+            snapshot = with_patch_status(snapshot, configs)
         self.running = Running(result.resources, overlay, resources, snapshot, 1, track({}, [], resources, started), translation)
         self.changes = Changes(self)
         self.changes.watched_files = result.per_file
