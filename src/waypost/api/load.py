@@ -146,8 +146,13 @@ def load_text(text: str, filename: str = "<stdin>") -> LoadResult:
 
 def _load_text(text: str, filename: str) -> LoadResult:
     result = LoadResult()
+    documents: list[LoadResult] = []
     try:
-        nodes = list(yaml.compose_all(text, Loader=_COMPOSER))
+        # One document's nodes at a time (a file's whole node graph at once was most of the memory that
+        # loading a large file left the process holding); a syntax error anywhere still loads nothing.
+        for node in yaml.compose_all(text, Loader=_COMPOSER):
+            if node is not None:
+                documents.append(_load_document(node, filename))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -163,10 +168,8 @@ def _load_text(text: str, filename: str) -> LoadResult:
         line = text.count("\n", 0, exc.start) + 1
         result.diagnostics.append(error(filename, line, f"YAML syntax error: invalid Unicode character {exc.object[exc.start]!r}"))
         return result
-    for node in nodes:
-        if node is None:
-            continue
-        result.extend(_load_document(node, filename))
+    for document in documents:
+        result.extend(document)
     return result
 
 
