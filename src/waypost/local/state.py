@@ -97,9 +97,29 @@ class StateDir:
         return pid if pid_alive(pid) else None
 
 
+def json_text(data: Any) -> str:
+    """The files' JSON: an object one top-level key per line, each value compact. Not indented: indenting
+    takes the json module's pure-Python encoder, which made writing the state of a 1000-Service mesh (and
+    of 1000 applied routes) a large part of committing a change."""
+    if isinstance(data, dict):
+        return json_object_text([(key, json_value_text(data[key])) for key in sorted(data)])
+    return json_value_text(data)
+
+
+def json_value_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def json_object_text(items: list[tuple[str, str]]) -> str:
+    """An object from (key, value's JSON text) pairs, as `json_text` lays it out."""
+    if not items:
+        return "{}"
+    return "{\n" + ",\n".join(f"  {json.dumps(key)}: {text}" for key, text in items) + "\n}"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.write_text(json_text(data))
     os.replace(tmp, path)
 
 

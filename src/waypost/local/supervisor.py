@@ -55,7 +55,7 @@ from .manifests import compose, load_overlay, track
 from .metrics_server import PATH as METRICS_PATH
 from .metrics_server import STATS_PORT, MetricsEndpoints
 from .rollout import roll_out
-from .state import StateDir
+from .state import StateDir, json_object_text, json_value_text
 from .watch import POLL_INTERVAL, ManifestWatcher
 
 PROGRESS_INTERVAL = 0.25  # seconds between state.json refreshes while the mesh starts
@@ -301,13 +301,15 @@ class Supervisor:
         gc.freeze()
 
     def _write_documents(self) -> None:
-        """resources.json, byte for byte what `write_json_atomic` writes, with each unchanged document's
-        JSON reused (documents are reused as objects when unchanged; see `resource_documents_cached`)."""
+        """resources.json: a JSON list, one document per line, each unchanged document's JSON reused
+        (documents are reused as objects when unchanged; see `resource_documents_cached`). Compact lines,
+        not indented ones: indenting takes the json module's pure-Python encoder, which was a third of
+        committing 1000 new routes; `waypost get -o json` shows a document indented."""
         texts: dict[int, tuple[dict[str, Any], str]] = {}
         parts = []
         for doc in self._docs:
             hit = self._doc_text.get(id(doc))
-            text = hit[1] if hit is not None and hit[0] is doc else json.dumps(doc, indent=2, sort_keys=True).replace("\n", "\n  ")
+            text = hit[1] if hit is not None and hit[0] is doc else json.dumps(doc, sort_keys=True)
             texts[id(doc)] = (doc, text)
             parts.append(text)
         self._doc_text = texts
@@ -349,24 +351,23 @@ class Supervisor:
             self._write_state_file(state)
 
     def _write_state_file(self, state: dict[str, Any]) -> None:
-        """state.json, byte for byte what `write_json_atomic` writes, with the JSON of each top-level value
-        that equals the last one written reused: the mesh view (every Service and workload) is megabytes at
-        1000 Services and rarely changes, and dumping it again was a third of a route change's bookkeeping."""
+        """state.json, exactly as `write_json_atomic` lays it out, with the JSON of each mesh-view value that
+        equals the last one written reused: the view (every Service and workload) is megabytes at 1000
+        Services and rarely changes."""
         texts: dict[str, tuple[Any, str]] = {}
-        parts = []
+        items = []
         for key in sorted(state):
             value = state[key]
             hit = self._state_text.get(key) if key in self._view_keys else None
             # Only the mesh view's values are reused: each of their fields always has the one JSON type, so
             # equal values dump to equal text (1 == True would not).
-            text = hit[1] if hit is not None and hit[0] == value else json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n  ")
+            text = hit[1] if hit is not None and hit[0] == value else json_value_text(value)
             texts[key] = (value, text)
-            parts.append(f"{json.dumps(key)}: {text}")
+            items.append((key, text))
         self._state_text = texts
-        content = "{\n  " + ",\n  ".join(parts) + "\n}" if parts else "{}"
         path = self.state.state_file
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(content)
+        tmp.write_text(json_object_text(items))
         os.replace(tmp, path)
 
 
