@@ -37,9 +37,37 @@ def set_death_signal(signum: int) -> None:
         pass
 
 
+def _raise_fd_limit() -> None:
+    """As many open files as this process may have: a ztunnel holds two sockets per captured pod (its
+    outbound and HBONE listeners) plus one per service port, so 10000 pods need more than the 20000 a
+    default limit may allow ("socket(2) failed: Too many open files" aborts Envoy). The soft limit goes
+    up to the hard one; with the privilege to do so (root), the hard one up to the kernel's nr_open."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        ceiling = hard
+    for limit in (max(hard, min(ceiling, 1 << 20)), hard):
+        if limit == resource.RLIM_INFINITY or limit <= soft:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, max(limit, hard)))
+            return
+        except (ValueError, OSError):
+            continue
+
+
 def _pdeathsig() -> None:
     """Children get SIGKILL if the supervisor dies without cleaning up."""
     set_death_signal(signal.SIGKILL)
+
+
+def _prepare_child() -> None:
+    _raise_fd_limit()
+    if DIE_WITH_SUPERVISOR:
+        _pdeathsig()
 
 
 class Child:
@@ -63,7 +91,7 @@ class Child:
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_pdeathsig if DIE_WITH_SUPERVISOR else None,
+                preexec_fn=_prepare_child,
             )
 
     def adopt(self, pid: int, restarts: int = 0) -> None:

@@ -71,6 +71,24 @@ def xds_snapshot(config: ProxyConfig, secrets: dict[str, dict[str, Any]]) -> Sna
     )
 
 
+FD_HEADROOM = 1024  # files an Envoy needs besides its listening sockets (connections, logs, admin)
+
+
+def _check_fd_limit(pid: str, config: ProxyConfig) -> None:
+    """Refuses to start an Envoy whose listeners need more sockets than it may open: it would abort with
+    "socket(2) failed: Too many open files" halfway through applying its config (a ztunnel binds two
+    sockets per captured pod). The limit is the hard one, which the child raises its soft limit to."""
+    import resource
+
+    sockets = sum(1 + len(listener.get("additional_addresses", [])) for listener in config.listeners if "address" in listener)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and sockets + FD_HEADROOM > hard:
+        raise OSError(
+            f"{pid} would listen on {sockets} sockets, more than the open-file limit allows ({hard}, "
+            f"less {FD_HEADROOM} for connections); raise it (ulimit -Hn) or run fewer pods"
+        )
+
+
 def _runs(os_pid: int, argv: Sequence[str]) -> bool:
     """Whether process `os_pid` is alive and runs exactly `argv` (the binary path aside, which /proc may
     spell differently): a pid reused by an unrelated process is never taken for one of ours."""
@@ -135,6 +153,7 @@ class ProxyFleet:
     # -- processes -------------------------------------------------------------------------------------
     def start(self, pid: str) -> None:
         config = self.configs[pid]
+        _check_fd_limit(pid, config)
         name = pid.replace("~", ".")
         boot = bootstrap(pid, config.kind, (config.address, ADMIN_PORT), (self.control_plane, XDS_PORT))
         boot_file = self.state.bootstraps / f"{name}.json"
