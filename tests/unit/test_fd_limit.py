@@ -27,7 +27,7 @@ def test_a_proxy_needing_more_sockets_than_the_limit_is_refused(monkeypatch):
         fleet._check_fd_limit("ztunnel~n", _config(4096 - fleet.FD_HEADROOM + 1))
 
 
-def test_children_run_with_their_soft_file_limit_raised_to_the_hard_one():
+def test_the_open_file_limit_is_raised_to_the_hard_one_for_the_process_and_its_children():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft == hard:
         lowered = min(soft, 512) if hard != resource.RLIM_INFINITY else 512
@@ -36,9 +36,10 @@ def test_children_run_with_their_soft_file_limit_raised_to_the_hard_one():
     code = (
         "import resource, subprocess, sys\n"
         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({lowered}, {hard if hard != resource.RLIM_INFINITY else 'resource.RLIM_INFINITY'}))\n"
-        "from waypost.local.children import _prepare_child\n"
+        "from waypost.local.children import raise_fd_limit\n"
+        "raise_fd_limit()\n"
         "out = subprocess.run([sys.executable, '-c', 'import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])'],"
-        " capture_output=True, text=True, preexec_fn=_prepare_child).stdout\n"
+        " capture_output=True, text=True).stdout\n"
         "print(out.strip())\n"
     )
     raised = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip())

@@ -37,11 +37,13 @@ def set_death_signal(signum: int) -> None:
         pass
 
 
-def _raise_fd_limit() -> None:
-    """As many open files as this process may have: a ztunnel holds two sockets per captured pod (its
-    outbound and HBONE listeners) plus one per service port, so 10000 pods need more than the 20000 a
-    default limit may allow ("socket(2) failed: Too many open files" aborts Envoy). The soft limit goes
-    up to the hard one; with the privilege to do so (root), the hard one up to the kernel's nr_open."""
+def raise_fd_limit() -> None:
+    """As many open files as this process (and the children it starts, which inherit the limit) may have:
+    a ztunnel holds two sockets per captured pod (its outbound and HBONE listeners) plus one per service
+    port, so 10000 pods need more than the 20000 a default limit may allow ("socket(2) failed: Too many
+    open files" aborts Envoy). The soft limit goes up to the hard one; with the privilege to do so, the
+    hard one up to the kernel's nr_open. Called once at start-up by the keeper and the supervisor, not in
+    a child between fork and exec, where a multi-threaded parent's locks make Python code unsafe."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -64,10 +66,6 @@ def _pdeathsig() -> None:
     set_death_signal(signal.SIGKILL)
 
 
-def _prepare_child() -> None:
-    _raise_fd_limit()
-    if DIE_WITH_SUPERVISOR:
-        _pdeathsig()
 
 
 class Child:
@@ -91,7 +89,7 @@ class Child:
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_prepare_child,
+                preexec_fn=_pdeathsig if DIE_WITH_SUPERVISOR else None,
             )
 
     def adopt(self, pid: int, restarts: int = 0) -> None:

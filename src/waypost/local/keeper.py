@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .children import set_death_signal
+from .children import raise_fd_limit, set_death_signal
 from .state import StateDir, pid_alive
 
 log = logging.getLogger("waypost.keeper")
@@ -76,6 +76,7 @@ class Keeper:
 
         `on_tick` is called every few tens of milliseconds (the foreground `up` shows progress with it)."""
         _become_subreaper()
+        raise_fd_limit()
         self.state.ensure()
         self.state.keeper_pid_file.write_text(f"{os.getpid()}\n")
         try:

@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kept", action="store_true", help="run under waypost.local.keeper: the proxies outlive this process")
     parser.add_argument("--resume", action="store_true", help="take over the mesh a crashed supervisor left (with --kept)")
     args = parser.parse_args(argv)
+    from .children import raise_fd_limit
+
+    raise_fd_limit()
     if args.kept:
         from . import children
 
