@@ -81,20 +81,20 @@ class StateDir:
         write_json_atomic(self.state_file, state)
 
     def supervisor_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
-
+        return _live_pid(self.pid_file)
 
     def keeper_pid(self) -> int | None:
         """The pid of the keeper that restarts this mesh's supervisor (`keeper.py`), if one runs."""
-        try:
-            pid = int(self.keeper_pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        return _live_pid(self.keeper_pid_file)
+
+
+def _live_pid(path: Path) -> int | None:
+    """The pid a pid file names, if that process is alive."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
 
 
 def json_text(data: Any) -> str:
