@@ -5,6 +5,8 @@ Every function returns plain Envoy v3 dicts (the JSON form of the protos); nothi
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 from waypost.mesh.model import TRUST_DOMAIN
@@ -35,10 +37,12 @@ def socket_address(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
+@functools.cache
 def sds(name: str) -> dict[str, Any]:
     return {"name": name, "sds_config": ADS}
 
 
+@functools.cache
 def _validation(san_exact: str | None) -> dict[str, Any]:
     matcher = {"exact": san_exact} if san_exact else {"prefix": f"spiffe://{TRUST_DOMAIN}/"}
     return {
@@ -49,6 +53,7 @@ def _validation(san_exact: str | None) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def downstream_mtls(identity: str) -> dict[str, Any]:
     """HBONE server side: TLS 1.3, ALPN h2, a client certificate from our trust domain is required."""
     return {
@@ -66,6 +71,7 @@ def downstream_mtls(identity: str) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def upstream_mtls(identity: str, peer: str | None) -> dict[str, Any]:
     """HBONE client side with `identity`'s certificate, verifying the peer's SPIFFE id (or the trust domain)."""
     return {
@@ -82,10 +88,12 @@ def upstream_mtls(identity: str, peer: str | None) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def http2_options() -> dict[str, Any]:
     return {HTTP_OPTIONS_KEY: {"@type": T_HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
 
 
+@functools.cache
 def downstream_protocol_options() -> dict[str, Any]:
     return {
         HTTP_OPTIONS_KEY: {
@@ -128,6 +136,7 @@ def hbone_pod_cluster(name: str, identity: str, peer: str) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def dial_pod_hbone() -> dict[str, Any]:
     """Network filter: the upstream of an ORIGINAL_DST cluster is the dialled pod IP, port 15008."""
     return {
@@ -152,12 +161,19 @@ def tunnel_tcp_proxy(stat_prefix: str, cluster: str, hostname: str, extra_header
             "@type": T_TCP_PROXY,
             "stat_prefix": stat_prefix,
             "cluster": cluster,
-            "tunneling_config": {
-                "hostname": hostname,
-                "headers_to_add": [{"header": {"key": SOURCE_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS%"}}] + (extra_headers or []),
-            },
+            "tunneling_config": _tunneling(hostname, _pairs(extra_headers or [])),
         },
     }
+
+
+def _pairs(headers: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    return tuple((h["header"]["key"], h["header"]["value"]) for h in headers)
+
+
+@functools.cache
+def _tunneling(hostname: str, extra: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    headers = [{"header": {"key": key, "value": value}} for key, value in ((SOURCE_HEADER, "%DOWNSTREAM_REMOTE_ADDRESS%"), *extra)]
+    return {"hostname": hostname, "headers_to_add": headers}
 
 
 def tcp_proxy(stat_prefix: str, cluster: str, access_log: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -176,13 +192,14 @@ def internal_cluster(name: str, listener: str) -> dict[str, Any]:
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": listener}}}}]}
+                {"lb_endpoints": [{"endpoint": {"address": internal_address(listener)}}]}
             ],
         },
         "transport_socket": internal_upstream(),
     }
 
 
+@functools.cache
 def internal_upstream() -> dict[str, Any]:
     # passthrough_metadata hands the chosen endpoint's `tunnel` metadata (HBONE target and CONNECT authority)
     # to the internal listener's connection, where the originate listener reads it.
@@ -196,6 +213,16 @@ def internal_upstream() -> dict[str, Any]:
     }
 
 
+@functools.cache
+def internal_address(listener: str) -> dict[str, Any]:
+    return {"envoy_internal_address": {"server_listener_name": listener}}
+
+
+@functools.cache
+def _internal_endpoint(listener: str) -> dict[str, Any]:
+    return {"address": internal_address(listener)}
+
+
 def tunnel_endpoint(listener: str, destination: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """An endpoint reached through an originate internal listener; metadata says where to tunnel (and,
     under `istio`, which workload it is, for the destination labels of the metrics)."""
@@ -203,7 +230,7 @@ def tunnel_endpoint(listener: str, destination: str, address: str, labels: dict[
     if labels:
         metadata["istio"] = dict(labels)
     return {
-        "endpoint": {"address": {"envoy_internal_address": {"server_listener_name": listener}}},
+        "endpoint": _internal_endpoint(listener),
         "metadata": {"filter_metadata": metadata},
     }
 
@@ -250,13 +277,11 @@ def source_filter_state() -> list[dict[str, Any]]:
     return states()
 
 
-def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str) -> list[dict[str, Any]]:
-    """HCM that accepts HBONE CONNECTs for `domains` and hands each stream to an internal listener.
-
-    The inner listener cannot see the TLS peer, so the peer identity, the original destination (CONNECT
+@functools.cache
+def _connect_terminate_http_filters() -> list[dict[str, Any]]:
+    """The inner listener cannot see the TLS peer, so the peer identity, the original destination (CONNECT
     authority) and the original source travel as filter state shared with the upstream (spec
-    envoy-dataplane.md §2 "No mTLS peer inside the internal listener").
-    """
+    envoy-dataplane.md §2 "No mTLS peer inside the internal listener")."""
     def state(key: str, fmt: str, **extra: Any) -> dict[str, Any]:
         return {
             "object_key": key,
@@ -265,6 +290,26 @@ def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str
             **extra,
         }
 
+    return [
+        {
+            "name": "envoy.filters.http.set_filter_state",
+            "typed_config": {
+                "@type": T_SET_FILTER_STATE,
+                "on_request_headers": [
+                    state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%"),
+                    state("envoy.filters.listener.original_dst.remote_ip", f"%REQ({SOURCE_HEADER})%", skip_if_empty=True),
+                    state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", factory_key="envoy.string"),
+                    *source_filter_state(),
+                ],
+            },
+        },
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": T_ROUTER}},
+    ]
+
+
+def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str) -> list[dict[str, Any]]:
+    """HCM that accepts HBONE CONNECTs for `domains` and hands each stream to an internal listener
+    (`_connect_terminate_http_filters`)."""
     virtual_hosts = []
     if domains:
         virtual_hosts.append(
@@ -289,25 +334,7 @@ def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str
                 "http2_protocol_options": {"allow_connect": True},
                 "upgrade_configs": [{"upgrade_type": "CONNECT"}],
                 "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
-                "http_filters": [
-                    {
-                        "name": "envoy.filters.http.set_filter_state",
-                        "typed_config": {
-                            "@type": T_SET_FILTER_STATE,
-                            "on_request_headers": [
-                                state("envoy.filters.listener.original_dst.local_ip", "%REQ(:AUTHORITY)%"),
-                                state(
-                                    "envoy.filters.listener.original_dst.remote_ip",
-                                    f"%REQ({SOURCE_HEADER})%",
-                                    skip_if_empty=True,
-                                ),
-                                state(PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", factory_key="envoy.string"),
-                                *source_filter_state(),
-                            ],
-                        },
-                    },
-                    {"name": "envoy.filters.http.router", "typed_config": {"@type": T_ROUTER}},
-                ],
+                "http_filters": _connect_terminate_http_filters(),
             },
         }
     ]

@@ -30,6 +30,8 @@ response and writes both counts as numbers into dynamic metadata, which the stat
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 from waypost.mesh.model import Endpoint, MeshSnapshot, Service, Workload
@@ -486,6 +488,19 @@ def _json_labels(custom: str | None) -> dict[str, Any]:
 
 
 def _file_logger(path: str, json_format: dict[str, Any] | None = None, text: str | None = None) -> dict[str, Any]:
+    """A file/stdout access logger. Callers may set its `name` and `filter`; the `typed_config` is shared by
+    every logger with the same path and text format (one per chain made most of a large config's copies)."""
+    if json_format is None:
+        return {"name": STDOUT_LOGGER, "typed_config": _text_logger_config(path, text)}
+    return _file_logger_config(path, json_format, text)
+
+
+@functools.cache
+def _text_logger_config(path: str, text: str | None) -> dict[str, Any]:
+    return _file_logger_config(path, None, text)["typed_config"]
+
+
+def _file_logger_config(path: str, json_format: dict[str, Any] | None, text: str | None) -> dict[str, Any]:
     if json_format is not None:
         log_format: dict[str, Any] = {"json_format": json_format, "json_format_options": {"sort_properties": False}}
     else:

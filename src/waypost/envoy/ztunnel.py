@@ -15,6 +15,7 @@ application's inside address.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import Any
 
@@ -134,6 +135,7 @@ def _from_source(key: str) -> str:
     return f"%DYNAMIC_METADATA({SOURCE_NS}:{key})%"
 
 
+@functools.cache
 def _source_label_headers() -> list[dict[str, Any]]:
     return [{"header": {"key": telemetry.source_header(k), "value": _from_source(k)}} for k in telemetry.SOURCE_LABELS]
 
@@ -143,11 +145,13 @@ def _strict_mtls(pod: str) -> list[dict[str, Any]]:
     return [{"name": "envoy.filters.network.rbac", "typed_config": {"@type": rbac.T_NET_RBAC, "stat_prefix": f"{pod}.strict_mtls.", "rules": {"action": "ALLOW"}}}]
 
 
+@functools.cache
 def _per_source_cluster(template: str) -> dict[str, Any]:
     """tcp_proxy's cluster for this connection: `template` with `{sa}` = the client identity the PROXY header named."""
     return _set_state([_state(TCP_PROXY_CLUSTER, template.format(sa=_from_source("sa")), shared=None)])
 
 
+@functools.cache
 def _originate_state() -> dict[str, Any]:
     """What the originate listener (one internal hop on) needs: the client's identity, address and labels."""
     return _set_state(
