@@ -151,7 +151,8 @@ def live(size: int, shape: str, work: Path, timeout: float) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         out["dnf"] = f"waypost up did not return within {timeout:.0f} s"
     except RuntimeError as exc:
-        out["dnf"] = str(exc).splitlines()[0][:200]
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        out["dnf"] = " ".join(lines[:2])[:300]  # "waypost up failed (1):" and the first line that says why
     return out
 
 
