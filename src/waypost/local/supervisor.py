@@ -14,12 +14,7 @@ handled by `changes.py`, one at a time.
 
 from __future__ import annotations
 
-import os
-
-# The supervisor forks children while gRPC threads serve xDS. gRPC's fork handlers then abort the child
-# ("epoll_wait error: Bad file descriptor"); the children exec right away and need none of gRPC's state.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
+import os  # GRPC_ENABLE_FORK_SUPPORT is set by the package (waypost/local/__init__.py), before gRPC loads
 import argparse
 import gc
 import json
