@@ -28,12 +28,14 @@ import re
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from waypost.local.echo_app import FLAVORS, EchoApp
 from waypost.local.echo_http1 import MAX_HEAD, serve_http1
 from waypost.local.echo_http2 import serve_http2
 from waypost.local.echo_wire import READ_SIZE, EchoConnection
+from waypost.local.state import write_json_atomic
 
 _log = logging.getLogger(__name__)
 
@@ -297,11 +299,7 @@ def load_spec(path: str) -> list[EchoWorkload]:
 
 
 def _write_ready_file(path: str, document: dict[str, object]) -> None:
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(temporary, path)
+    write_json_atomic(Path(path), document)
 
 
 def _raise_open_file_limit() -> None:

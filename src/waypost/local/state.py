@@ -117,10 +117,16 @@ def json_object_text(items: list[tuple[str, str]]) -> str:
     return "{\n" + ",\n".join(f"  {json.dumps(key)}: {text}" for key, text in items) + "\n}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replaces `path` with `text` in one step (write a temporary beside it, rename): a reader in another
+    process sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json_text(data))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json_text(data))
 
 
 def pid_alive(pid: int) -> bool:

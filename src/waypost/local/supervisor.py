@@ -14,7 +14,7 @@ handled by `changes.py`, one at a time.
 
 from __future__ import annotations
 
-import os  # GRPC_ENABLE_FORK_SUPPORT is set by the package (waypost/local/__init__.py), before gRPC loads
+import os
 import argparse
 import gc
 import json
@@ -50,7 +50,7 @@ from .manifests import compose, load_overlay, track
 from .metrics_server import PATH as METRICS_PATH
 from .metrics_server import STATS_PORT, MetricsEndpoints
 from .rollout import roll_out
-from .state import StateDir, json_object_text, json_value_text
+from .state import StateDir, json_object_text, json_value_text, write_text_atomic
 from .watch import POLL_INTERVAL, ManifestWatcher
 
 PROGRESS_INTERVAL = 0.25  # seconds between state.json refreshes while the mesh starts
@@ -310,11 +310,7 @@ class Supervisor:
             texts[id(doc)] = (doc, text)
             parts.append(text)
         self._doc_text = texts
-        content = "[\n  " + ",\n  ".join(parts) + "\n]" if parts else "[]"
-        path = self.state.resources_file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+        write_text_atomic(self.state.resources_file, "[\n  " + ",\n  ".join(parts) + "\n]" if parts else "[]")
 
     def write_state(self, extra: dict[str, Any] | None = None) -> None:
         extra = {"phase": "ready", **(extra or {})}
@@ -362,10 +358,7 @@ class Supervisor:
             texts[key] = (value, text)
             items.append((key, text))
         self._state_text = texts
-        path = self.state.state_file
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json_object_text(items))
-        os.replace(tmp, path)
+        write_text_atomic(self.state.state_file, json_object_text(items))
 
 
 def _trim_heap() -> None:
