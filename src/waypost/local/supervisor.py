@@ -14,11 +14,11 @@ handled by `changes.py`, one at a time.
 
 from __future__ import annotations
 
-import os
 import argparse
 import gc
 import json
 import logging
+import os
 import queue
 import signal
 import sys
