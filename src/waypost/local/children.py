@@ -19,7 +19,7 @@ import urllib.request
 from urllib.parse import quote
 from pathlib import Path
 
-from .state import pid_alive
+from .state import pid_alive, process_argv
 
 log = logging.getLogger("waypost.local")
 
@@ -92,11 +92,17 @@ class Child:
                 preexec_fn=_pdeathsig if DIE_WITH_SUPERVISOR else None,
             )
 
-    def adopt(self, pid: int, restarts: int = 0) -> None:
-        """Takes over a running process an earlier supervisor started with this child's argv."""
+    def adopt(self, pid: int, restarts: int = 0) -> bool:
+        """Takes over a running process an earlier supervisor started with this child's argv; False, and
+        nothing adopted, unless `pid` runs exactly that argv (the binary's path aside, which /proc may spell
+        differently), so a pid reused by an unrelated process is never taken for one of ours."""
+        argv = process_argv(pid)
+        if argv is None or argv[1:] != list(self.argv[1:]):
+            return False
         self.proc = None
         self._adopted = pid
         self.restarts = restarts
+        return True
 
     @property
     def pid(self) -> int | None:

@@ -13,7 +13,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from waypost.ca import CertificateAuthority
@@ -24,7 +23,7 @@ from waypost.xds.types import short_name
 
 from .binary import envoy_path
 from .children import Child, admin_ready, listeners_warm
-from .state import StateDir, pid_alive
+from .state import StateDir
 
 
 # Workload certificate lifetime (Istio's default is 24 h) and when to renew: at half of it, as Istio's
@@ -87,18 +86,6 @@ def _check_fd_limit(pid: str, config: ProxyConfig) -> None:
             f"{pid} would listen on {sockets} sockets, more than the open-file limit allows ({hard}, "
             f"less {FD_HEADROOM} for connections); raise it (ulimit -Hn) or run fewer pods"
         )
-
-
-def _runs(os_pid: int, argv: Sequence[str]) -> bool:
-    """Whether process `os_pid` is alive and runs exactly `argv` (the binary path aside, which /proc may
-    spell differently): a pid reused by an unrelated process is never taken for one of ours."""
-    if not pid_alive(os_pid):
-        return False
-    try:
-        running = Path(f"/proc/{os_pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return False
-    return [a.decode(errors="replace") for a in running[1:]] == list(argv[1:])
 
 
 class ProxyFleet:
@@ -169,9 +156,8 @@ class ProxyFleet:
         started (it kept serving its last config while no control plane was up; it reconnects to this one's
         xDS server). False, and nothing adopted, unless `os_pid` is that very Envoy."""
         child = self._child(pid, kind)
-        if not _runs(os_pid, child.argv):
+        if not child.adopt(os_pid, restarts):
             return False
-        child.adopt(os_pid, restarts)
         with self._lock:
             self._children[pid] = child
             self._addresses[pid] = address

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .children import raise_fd_limit, set_death_signal
-from .state import StateDir, pid_alive
+from .state import StateDir, pid_alive, process_argv
 
 log = logging.getLogger("waypost.keeper")
 
@@ -140,18 +140,15 @@ def stop_leftovers(state: StateDir) -> list[int]:
     pids.append((current.get("workloads_process") or {}).get("pid"))
     stopped = []
     for pid in pids:
-        if pid and pid_alive(pid) and _is_ours(pid, state):
+        if pid and _is_ours(pid, state):
             os.kill(pid, signal.SIGKILL)
             stopped.append(pid)
     return stopped
 
 
 def _is_ours(pid: int, state: StateDir) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return str(state.root) in cmdline
+    argv = process_argv(pid)
+    return argv is not None and any(str(state.root) in a for a in argv)
 
 
 def _describe(code: int) -> str:

@@ -129,6 +129,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json_text(data))
 
 
+def process_argv(pid: int) -> list[str] | None:
+    """The command line process `pid` runs, None when it is gone (or a zombie) or unreadable."""
+    if not pid_alive(pid):
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

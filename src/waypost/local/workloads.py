@@ -12,13 +12,12 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from waypost.mesh import MeshSnapshot
 
 from .children import Child
-from .state import StateDir, pid_alive, write_json_atomic
+from .state import StateDir, write_json_atomic
 
 
 def echo_workloads(snapshot: MeshSnapshot) -> list[dict[str, Any]]:
@@ -98,15 +97,9 @@ class WorkloadHost:
         except (OSError, ValueError, KeyError):
             return False
         ready = self._ready()
-        if ready is None or ready.get("pid") != pid or not pid_alive(pid):
-            return False
-        try:  # that very process, not another one that got its pid
-            if str(self.state.echo_ready).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return False
-        except OSError:
-            return False
         child = self._new_child()
-        child.adopt(pid, restarts)
+        if ready is None or ready.get("pid") != pid or not child.adopt(pid, restarts):
+            return False
         self._child, self.spec = child, spec
         self._waiting_for = (None, 0)
         return True
