@@ -105,11 +105,12 @@ class Changes:
     """Applies changes to the running mesh of `supervisor`, one at a time (the lock is a guard: the
     supervisor already runs every change on its own thread)."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, watched_files: dict[str, tuple[str, Any]] | None = None) -> None:
         self._sup = supervisor
         self._lock = threading.Lock()
-        # The watched manifests as last loaded, per file: a reload parses only the files that changed.
-        self.watched_files: dict[str, tuple[str, Any]] = {}
+        # The watched manifests as last loaded, per file (`LoadResult.per_file`): a reload parses only the
+        # files that changed.
+        self._watched_files = watched_files or {}
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """A control-channel request → its answer (see `control.py`)."""
@@ -175,8 +176,8 @@ class Changes:
         """The watched manifests changed: the resources they changed take effect, the others stay."""
         started = time.monotonic()
         with self._lock:
-            loaded = load_paths(paths, reuse=self.watched_files)
-            self.watched_files = loaded.per_file
+            loaded = load_paths(paths, reuse=self._watched_files)
+            self._watched_files = loaded.per_file
             for d in loaded.warnings:
                 log.warning("%s", d.render())
             if loaded.errors:

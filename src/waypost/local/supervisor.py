@@ -226,8 +226,7 @@ class Supervisor:
             configs, translation = translate_incremental(snapshot)
             snapshot = with_patch_status(snapshot, configs)
         self.running = Running(result.resources, overlay, resources, snapshot, 1, track({}, [], resources, started), translation)
-        self.changes = Changes(self)
-        self.changes.watched_files = result.per_file
+        self.changes = Changes(self, result.per_file)
         self.publish(self.running)
         self.write_state({"phase": "starting"})
         # While the proxies start, state.json is refreshed so `up` can show how far it got.

@@ -266,7 +266,7 @@ def build(
         if entry_binding.condition is not None:
             statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, (entry_binding.condition,)))
 
-    routes, route_statuses, rule_memo = route_attachment.attach_reusing(
+    routes, route_statuses, rule_memo = route_attachment.attach(
         sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
         waypoint_gateways,

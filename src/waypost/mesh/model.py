@@ -373,7 +373,7 @@ class MeshSnapshot:
     wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
     # What `build` may reuse when it builds the next snapshot (`build(..., reuse=this)`): route rules turned
-    # into entries (`routes.attach_reusing`). Not part of the model: equality, hashing and repr ignore it.
+    # into entries (`routes.attach`). Not part of the model: equality, hashing and repr ignore it.
     rule_memo: Any = field(default=None, compare=False, repr=False)
 
     # Lookups by key. The snapshot is immutable, so each index is built once, on first use, and kept on the

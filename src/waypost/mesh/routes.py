@@ -71,18 +71,6 @@ def _with_consumer(entry: HTTPRouteEntry, namespace: str | None) -> HTTPRouteEnt
 KIND_PRECEDENCE = ("GRPCRoute", "HTTPRoute")
 
 
-def attach(
-    routes: list[HTTPRoute | GRPCRoute],
-    services: Mapping[str, Service],
-    waypoint_gateways: Mapping[WaypointRef, object],
-    namespace_labels: Mapping[str, Mapping[str, str]],
-    service_labels: Mapping[str, Mapping[str, str]],
-) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...]]:
-    """Route entries per (service, port) as the service's waypoint applies them, plus route statuses."""
-    out, statuses, _ = attach_reusing(routes, services, waypoint_gateways, namespace_labels, service_labels, None)
-    return out, statuses
-
-
 class _Looked(dict):
     """The services a route's rules looked up, each as what the lookup told them (`_signature`)."""
 
@@ -104,7 +92,7 @@ class _RecordingServices:
         return found
 
 
-# id(route) -> (the route, its rules' results, the services they looked up): `attach_reusing`'s memo.
+# id(route) -> (the route, its rules' results, the services they looked up): `attach`'s memo.
 RuleMemo = Mapping[int, tuple[Any, list, _Looked]]
 
 
@@ -120,17 +108,18 @@ def _rule_results(route: HTTPRoute | GRPCRoute, services: Mapping[str, Service],
     return [rule_entries(route, i, rule, resolver) for i, rule in enumerate(route.spec.rules)], looked
 
 
-def attach_reusing(
+def attach(
     routes: list[HTTPRoute | GRPCRoute],
     services: Mapping[str, Service],
     waypoint_gateways: Mapping[WaypointRef, object],
     namespace_labels: Mapping[str, Mapping[str, str]],
     service_labels: Mapping[str, Mapping[str, str]],
-    memo: RuleMemo | None,
+    memo: RuleMemo | None = None,
 ) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...], RuleMemo]:
-    """`attach`, reusing the rule results an earlier call left in `memo` for routes that did not change
-    (the same objects) and whose backends did not either; also returns the memo for the next call. Turning
-    every rule of every route into entries again was half of rebuilding a 1000-route mesh for one change."""
+    """Route entries per (service, port) as the service's waypoint applies them, plus route statuses, and
+    the memo for the next call. The rule results an earlier call left in `memo` are reused for routes that
+    did not change (the same objects) and whose backends did not either: turning every rule of every route
+    into entries again was half of rebuilding a 1000-route mesh for one change."""
     new_memo: dict[int, tuple[Any, list, _Looked]] = {}
     # (service, port, kind) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
     by_service: dict[tuple[str, int, str], dict[str | None, list]] = {}
