@@ -40,3 +40,12 @@ def echo_service(namespace: str, service: str = "svc", app: str = "backend") -> 
         f"spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n"
         f"  template: {{metadata: {{labels: {{app: {app}}}}}, spec: {{containers: [{{name: c, image: waypost/echo, ports: [{{containerPort: 8080}}]}}]}}}}\n"
     )
+
+
+def deny_paths(namespace: str, name: str, service: str, *paths: str) -> str:
+    """A DENY AuthorizationPolicy on one Service (targetRefs) for requests to `paths`."""
+    return (
+        f"\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+        f'spec:\n  targetRefs: [{{kind: Service, group: "", name: {service}}}]\n  action: DENY\n'
+        f"  rules: [{{to: [{{operation: {{paths: [{', '.join(paths)}]}}}}]}}]\n"
+    )

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.manifests import ambient_with_waypoint, echo_service
+from tests.manifests import ambient_with_waypoint, deny_paths, echo_service
 from waypost.local.client import RequestError
 
 pytestmark = pytest.mark.e2e
@@ -35,15 +35,7 @@ spec:
   rules:
   - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-through-waypoint, value: "yes"}]}}]
     backendRefs: [{name: svc, port: 80}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: faults}
-spec:
-  targetRefs: [{kind: Service, group: "", name: svc}]
-  action: DENY
-  rules: [{to: [{operation: {paths: [/admin]}}]}]
-"""
+""" + deny_paths("faults", "no-admin", "svc", "/admin")
 
 
 class Load:
@@ -173,15 +165,7 @@ def test_a_killed_control_plane_is_restarted_and_the_proxies_keep_serving(start_
     _wait_for(lambda: not any(_alive(pid) for pid in running), 20, "every process of the mesh to stop")
 
 
-DENY_BLOCKED = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-blocked, namespace: faults}
-spec:
-  targetRefs: [{kind: Service, group: "", name: svc}]
-  action: DENY
-  rules: [{to: [{operation: {paths: [/blocked]}}]}]
-"""
+DENY_BLOCKED = deny_paths("faults", "deny-blocked", "svc", "/blocked")
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
+from tests.manifests import deny_paths
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +27,18 @@ spec:
   parentRefs: [{{group: "", kind: Service, name: echo, port: 80}}]
   rules: [{{backendRefs: [{{name: {target}, port: 80}}]}}]
 """
-POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: quickstart}
-spec:
-  targetRefs: [{kind: Service, group: "", name: echo}]
-  action: DENY
-  rules: [{to: [{operation: {paths: [/admin]}}]}]
-"""
+POLICY = deny_paths("quickstart", "deny-admin", "echo", "/admin")
+
+
+def churn(mesh, file, i: int) -> None:
+    """Change `i` of a series: even ones move the route between echo-v2 and echo-v1, odd ones apply or
+    delete the DENY policy, in turn."""
+    if i % 2 == 0:
+        file.write_text(ROUTE.format(target="echo-v2" if (i // 2) % 2 == 0 else "echo-v1"))
+        mesh.cli("apply", "-f", str(file))
+    else:
+        file.write_text(POLICY)
+        mesh.cli("apply" if (i // 2) % 2 == 0 else "delete", "-f", str(file))
 
 
 def test_twenty_changes_under_traffic_lose_no_request(start_mesh, tmp_path):
@@ -115,13 +119,7 @@ def test_hundred_changes_under_http1_and_http2_load_lose_no_request(start_mesh, 
         w.start()
     try:
         for i in range(100):
-            file = tmp_path / f"change-{i}.yaml"
-            if i % 2 == 0:
-                file.write_text(ROUTE.format(target="echo-v2" if (i // 2) % 2 == 0 else "echo-v1"))
-                mesh.cli("apply", "-f", str(file))
-            else:
-                file.write_text(POLICY)
-                mesh.cli("apply" if (i // 2) % 2 == 0 else "delete", "-f", str(file))
+            churn(mesh, tmp_path / f"change-{i}.yaml", i)
     finally:
         stop.set()
         for w in workers:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO
 
-from .test_hot_reload import POLICY, ROUTE
+from .test_hot_reload import churn
 
 SECONDS = float(os.environ.get("WAYPOST_SOAK_SECONDS", "0"))
 RSS_GROWTH_BOUND_MB = 64  # after warm-up; the control plane holds one snapshot and its caches
@@ -83,13 +83,7 @@ def test_soak_steady_load_with_churn(start_mesh, tmp_path):
     deadline = time.monotonic() + SECONDS
     try:
         while time.monotonic() < deadline:
-            file = tmp_path / f"churn-{change % 4}.yaml"
-            if change % 2 == 0:
-                file.write_text(ROUTE.format(target="echo-v2" if (change // 2) % 2 == 0 else "echo-v1"))
-                mesh.cli("apply", "-f", str(file))
-            else:
-                file.write_text(POLICY)
-                mesh.cli("apply" if (change // 2) % 2 == 0 else "delete", "-f", str(file))
+            churn(mesh, tmp_path / f"churn-{change % 4}.yaml", change)
             change += 1
             samples.append((time.monotonic(), rss_mb(supervisor), fds(supervisor), len(children(supervisor))))
             time.sleep(5)

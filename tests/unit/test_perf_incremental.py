@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.manifests import deny_paths
 from waypost.api import load_paths, load_text
 from waypost.envoy import translate, translate_incremental
 from waypost.mesh import AddressPlan, address_assignments, build
@@ -156,15 +157,7 @@ spec:
     backendRefs: [{name: echo-v2, port: 80}]
 """
 
-POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: incremental-deny, namespace: quickstart}
-spec:
-  targetRefs: [{kind: Service, group: "", name: echo}]
-  action: DENY
-  rules: [{to: [{operation: {paths: [/admin]}}]}]
-"""
+POLICY = deny_paths("quickstart", "incremental-deny", "echo", "/admin")
 
 
 def test_translate_incremental_equals_translate_through_a_series_of_changes():
@@ -294,7 +287,7 @@ def test_diff_tells_a_waypoint_chain_changed_only_when_its_policies_or_its_servi
     denied = build(base + load_text(POLICY, "p.yaml").resources, PLAN, previous=address_assignments(first))
     assert Diff(first, denied).changed(dep)
     # A policy elsewhere changes the policy list, but not this chain's policies: compared, not changed.
-    other = POLICY.replace("name: echo}", "name: echo-v1}").replace("incremental-deny", "elsewhere")
+    other = deny_paths("quickstart", "elsewhere", "echo-v1", "/admin")
     elsewhere = build(base + load_text(other, "p.yaml").resources, PLAN, previous=address_assignments(first))
     assert not Diff(first, elsewhere).changed(dep)
     gone = build([r for r in base if not (r.KIND == "Service" and r.name == "echo")], PLAN, previous=address_assignments(first))
@@ -307,7 +300,7 @@ def test_load_paths_reuses_the_resources_of_unchanged_files(tmp_path):
     edited.write_text(POLICY)
     broken.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {ports: [{port: -1}]}\n")
     first = load_paths([tmp_path])
-    edited.write_text(POLICY.replace("/admin", "/root"))
+    edited.write_text(deny_paths("quickstart", "incremental-deny", "echo", "/root"))
     second = load_paths([tmp_path], reuse=first.per_file)
     fresh = load_paths([tmp_path])
     by_name = lambda result: {r.name: r for r in result.resources}  # noqa: E731
