@@ -308,3 +308,17 @@ def test_load_paths_reuses_the_resources_of_unchanged_files(tmp_path):
     assert by_name(second)["incremental-deny"] is not by_name(first)["incremental-deny"]
     assert by_name(second)["incremental-deny"] == by_name(fresh)["incremental-deny"]
     assert [d.render() for d in second.diagnostics] == [d.render() for d in fresh.diagnostics] and second.errors
+
+
+def test_cached_mesh_view_equals_a_fresh_one_and_keeps_unchanged_entries():
+    from waypost.local.documents import mesh_view, mesh_view_cached
+
+    base = list(resources_of("quickstart"))
+    first = build(base, PLAN)
+    view, cache = mesh_view_cached(first, None)
+    second = build(base + load_text(ROUTE_CHANGE % 1, "r.yaml").resources, PLAN, previous=address_assignments(first), reuse=first)
+    again, _ = mesh_view_cached(second, cache)
+    assert again == mesh_view(second)
+    assert again["services"][0] is view["services"][0]  # the same Service object: the same entry
+    changed = [e for e in again["conditions"] if e["name"] == "incremental-test"]
+    assert changed and all(e not in view["conditions"] for e in changed)

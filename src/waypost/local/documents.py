@@ -14,52 +14,85 @@ from waypost.mesh.tracking import Diff, Recorder
 from .manifests import Key, ResourceHistory
 
 
-def mesh_view(snapshot: MeshSnapshot) -> dict[str, Any]:
-    """The parts of a snapshot that `status`, `request` and `describe` need, as JSON."""
+ViewCache = dict[int, tuple[object, dict[str, Any]]]  # id(snapshot value) -> (the value, its view entry)
+
+
+def mesh_view(snapshot: MeshSnapshot, cache: ViewCache | None = None) -> dict[str, Any]:
+    """The parts of a snapshot that `status`, `request` and `describe` need, as JSON.
+
+    With a `cache` (the one `mesh_view_cached` returns), a service, workload, waypoint or status that is the
+    very object of the earlier snapshot (`build(..., reuse=)` keeps equal ones) keeps its earlier entry:
+    no rendering again, and the state file compares the entries by identity."""
+    out = {}
+    for part, values, render in _VIEW_PARTS:
+        entries = []
+        for value in getattr(snapshot, values):
+            hit = cache.get(id(value)) if cache is not None else None
+            entries.append(hit[1] if hit is not None and hit[0] is value else render(value))
+        out[part] = entries
+    return out
+
+
+def mesh_view_cached(snapshot: MeshSnapshot, cache: ViewCache | None) -> tuple[dict[str, Any], ViewCache]:
+    """`mesh_view`, and the cache for the next snapshot's."""
+    view = mesh_view(snapshot, cache)
+    kept: ViewCache = {}
+    for part, values, _ in _VIEW_PARTS:
+        for value, entry in zip(getattr(snapshot, values), view[part]):
+            kept[id(value)] = (value, entry)
+    return view, kept
+
+
+def _service_entry(s: Any) -> dict[str, Any]:
     return {
-        "services": [
-            {
-                "namespace": s.namespace,
-                "name": s.name,
-                "kind": s.kind,
-                "hostname": s.fqdn,
-                "vip": s.vip,
-                "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol} for p in s.ports],
-                "waypoint": str(s.waypoint) if s.waypoint else None,
-                "endpoints": sorted({e.workload for _, eps in s.endpoints for e in eps}),
-            }
-            for s in snapshot.services
-        ],
-        "workloads": [
-            {
-                "kind": w.kind,
-                "namespace": w.namespace,
-                "pod": w.name,
-                "owner": w.owner,
-                "address": w.address,
-                "app_address": w.app_address,
-                "identity": w.identity,
-                "captured": w.captured,
-                "echo": w.echo,
-                "waypoint": str(w.waypoint) if w.waypoint else None,
-            }
-            for w in snapshot.workloads
-        ],
-        "waypoints": [
-            {"namespace": w.namespace, "name": w.name, "address": w.address, "identity": w.identity, "for": w.traffic_for}
-            for w in snapshot.waypoints
-        ],
-        "conditions": [
-            {
-                "kind": st.kind,
-                "namespace": st.namespace,
-                "name": st.name,
-                "conditions": [c.as_dict() for c in st.conditions],
-                "parents": [{"parentRef": p, "conditions": [c.as_dict() for c in cs]} for p, cs in st.parents],
-            }
-            for st in snapshot.statuses
-        ],
+        "namespace": s.namespace,
+        "name": s.name,
+        "kind": s.kind,
+        "hostname": s.fqdn,
+        "vip": s.vip,
+        "ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol} for p in s.ports],
+        "waypoint": str(s.waypoint) if s.waypoint else None,
+        "endpoints": sorted({e.workload for _, eps in s.endpoints for e in eps}),
     }
+
+
+def _workload_entry(w: Any) -> dict[str, Any]:
+    return {
+        "kind": w.kind,
+        "namespace": w.namespace,
+        "pod": w.name,
+        "owner": w.owner,
+        "address": w.address,
+        "app_address": w.app_address,
+        "identity": w.identity,
+        "captured": w.captured,
+        "echo": w.echo,
+        "waypoint": str(w.waypoint) if w.waypoint else None,
+    }
+
+
+def _waypoint_entry(w: Any) -> dict[str, Any]:
+    return {"namespace": w.namespace, "name": w.name, "address": w.address, "identity": w.identity, "for": w.traffic_for}
+
+
+def _status_entry(st: Any) -> dict[str, Any]:
+    return {
+        "kind": st.kind,
+        "namespace": st.namespace,
+        "name": st.name,
+        "conditions": [c.as_dict() for c in st.conditions],
+        "parents": [{"parentRef": p, "conditions": [c.as_dict() for c in cs]} for p, cs in st.parents],
+    }
+
+
+# view key, snapshot field, how one value of it is shown
+_VIEW_PARTS = (
+    ("services", "services", _service_entry),
+    ("workloads", "workloads", _workload_entry),
+    ("waypoints", "waypoints", _waypoint_entry),
+    ("conditions", "statuses", _status_entry),
+)
+VIEW_KEYS = frozenset(part for part, _, _ in _VIEW_PARTS)  # the view's keys in state.json
 
 
 def resource_documents(

@@ -42,7 +42,7 @@ from .blocks import acquire_block
 from .changes import Changes, Running
 from .children import Child  # noqa: F401 - re-exported: where it lived before
 from .control import ControlServer
-from .documents import DocumentCache, mesh_view, resource_documents_cached
+from .documents import VIEW_KEYS, DocumentCache, ViewCache, mesh_view_cached, resource_documents_cached
 from .fleet import ProxyFleet, secret_resources, xds_snapshot  # noqa: F401 - re-exported
 from .jwks import JwksCache
 from .wasm import WasmCache
@@ -112,7 +112,7 @@ class Supervisor:
         self._doc_cache: DocumentCache | None = None
         self._doc_text: dict[int, tuple[dict[str, Any], str]] = {}  # id(doc) -> (doc, its JSON in resources.json)
         self._state_text: dict[str, tuple[Any, str]] = {}  # state.json key -> (value, its JSON there)
-        self._view_keys: frozenset[str] = frozenset()  # the keys of `info` that hold the mesh view
+        self._view_cache: ViewCache | None = None  # mesh_view entries of the snapshot last published
         self._actions: queue.Queue[tuple[Callable[[], dict[str, Any]], Future[dict[str, Any]]]] = queue.Queue()
         self._actions_lock = threading.Lock()
         self._accepting = True
@@ -283,8 +283,7 @@ class Supervisor:
         """Makes `running` current and writes resources.json; `write_state` writes the rest."""
         with self._state_lock:
             self.running = running
-            view = mesh_view(running.snapshot)
-            self._view_keys = frozenset(view)
+            view, self._view_cache = mesh_view_cached(running.snapshot, self._view_cache)
             self.info.update(view)
             self._docs, self._doc_cache = resource_documents_cached(
                 running.resources, running.snapshot, now(), running.history, self._docs, self._doc_cache
@@ -350,7 +349,7 @@ class Supervisor:
         items = []
         for key in sorted(state):
             value = state[key]
-            hit = self._state_text.get(key) if key in self._view_keys else None
+            hit = self._state_text.get(key) if key in VIEW_KEYS else None
             # Only the mesh view's values are reused: each of their fields always has the one JSON type, so
             # equal values dump to equal text (1 == True would not).
             text = hit[1] if hit is not None and hit[0] == value else json_value_text(value)
