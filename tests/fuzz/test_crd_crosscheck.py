@@ -76,6 +76,12 @@ KNOWN_STRICTER: list[Difference] = [
                "Wasm/Lua extensions are checked as istiod does", AGENT_VALIDATION + " ValidateWasmPlugin"),
     Difference("ServiceEntry|WorkloadEntry", r"spec(\..*)?", r"host|port|must|endpoint|address|resolution|label|DNS|not supported|unique|workloadSelector|IP",
                "hosts, addresses, ports and endpoints are checked", ISTIO_VALIDATION + " ValidateServiceEntry / ValidateWorkloadEntry"),
+    Difference("VirtualService", r"spec(\..*)?", r"host|must|not supported|only one of|needs|cannot|duration|invalid|at least|should not be empty|percentage|weight|status|not a|prefix|regex|required|mesh|attempts|redirect|rewrite|provided|match type|longer than|between|pseudo-header",
+               "hosts, routes, matches, redirects, rewrites, retries, faults and mirrors are checked as istiod checks them",
+               ISTIO_VALIDATION + " ValidateVirtualService / validateHTTPRoute (pkg/config/validation/virtualservice.go)"),
+    Difference("DestinationRule", r"spec(\..*)?", r"host|must|not supported|only one of|needs|cannot|duration|invalid|at least|duplicate|required|between|negative|subset|port|status code",
+               "hosts, subsets, load balancing, pools, outlier detection and TLS are checked as istiod checks them",
+               ISTIO_VALIDATION + " ValidateDestinationRule / validateTrafficPolicy / ValidateTLS"),
     # -- the local mesh's own limits
     Difference("ServiceEntry", r"spec\.hosts", r"at most 1 item", "one mesh service per ServiceEntry (several hosts: not yet)", "waypost networking.py"),
     Difference("ServiceEntry|WorkloadEntry", r"spec\.(addresses|address|endpoints\[\d+\]\.address)", r".*",

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from waypost import collector
 
-from . import core, envoyfilter, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security, telemetry
+from . import core, destinationrule, envoyfilter, extensions, gateway, grpcroute, httproute, l4routes, meshconfig, networking, security, telemetry, virtualservice
 from .diagnostics import Diagnostic, error, warning
 from .meta import Resource, Source
 
@@ -39,6 +39,8 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         l4routes.TLSRoute,
         networking.WorkloadEntry,
         networking.ServiceEntry,
+        virtualservice.VirtualService,
+        destinationrule.DestinationRule,
         security.AuthorizationPolicy,
         security.RequestAuthentication,
         security.PeerAuthentication,
@@ -52,8 +54,6 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
 # Kinds a later release enforces. Refusing them is the safe choice: an AuthorizationPolicy that loads but
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
-    ("networking.istio.io", "VirtualService"): "networking",
-    ("networking.istio.io", "DestinationRule"): "networking",
     ("networking.istio.io", "Sidecar"): "networking",
     ("networking.istio.io", "WorkloadGroup"): "networking",
     ("gateway.networking.k8s.io", "UDPRoute"): "routing",

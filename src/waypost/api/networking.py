@@ -59,8 +59,15 @@ class WorkloadEntry(Resource):
 class ServiceEntryPort(Model):
     number: int = Field(ge=1, le=65535)
     protocol: str | None = None
-    name: str = Field(min_length=1)
+    name: str
     target_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value:
+            raise ValueError("port name must be set (Istio's ValidatePortName)")
+        return value
 
 
 # A ServiceEntry endpoint is a WorkloadEntry spec (istio/api: `repeated WorkloadEntry endpoints`).

@@ -27,6 +27,8 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "WorkloadEntry": (("workloadentry", "workloadentries", "we"), True),
     "ReferenceGrant": (("referencegrant", "referencegrants", "refgrant"), True),
     "ServiceEntry": (("serviceentry", "serviceentries", "se"), True),
+    "VirtualService": (("virtualservice", "virtualservices", "vs"), True),
+    "DestinationRule": (("destinationrule", "destinationrules", "dr"), True),
     "RequestAuthentication": (("requestauthentication", "requestauthentications", "ra"), True),
     "AuthorizationPolicy": (("authorizationpolicy", "authorizationpolicies", "ap"), True),
     "WasmPlugin": (("wasmplugin", "wasmplugins"), True),
@@ -140,6 +142,11 @@ def _row(kind: str, d: dict[str, Any], now: datetime, state: dict[str, Any], wid
         return [meta["name"], spec.get("action", "ALLOW"), age]
     if kind == "ServiceEntry":
         return [meta["name"], ",".join(spec.get("hosts", [])), spec.get("location", "MESH_EXTERNAL"), spec.get("resolution", "NONE"), age]
+    if kind == "VirtualService":
+        # istioctl's columns (GATEWAYS, HOSTS), plus whether a waypoint applies it.
+        return [meta["name"], ",".join(spec.get("gateways", [])) or "<none>", ",".join(spec.get("hosts", [])), _condition(d, "Accepted"), age]
+    if kind == "DestinationRule":
+        return [meta["name"], spec.get("host", ""), age]
     return [meta["name"], age]
 
 
@@ -158,6 +165,8 @@ HEADERS = {
     "ConfigMap": ["NAME", "DATA", "AGE"],
     "AuthorizationPolicy": ["NAME", "ACTION", "AGE"],
     "ServiceEntry": ["NAME", "HOSTS", "LOCATION", "RESOLUTION", "AGE"],
+    "VirtualService": ["NAME", "GATEWAYS", "HOSTS", "ACCEPTED", "AGE"],
+    "DestinationRule": ["NAME", "HOST", "AGE"],
 }
 WIDE = {"Service": ["SELECTOR", "WAYPOINT"], "Pod": ["IP", "NODE", "WAYPOINT"]}
 

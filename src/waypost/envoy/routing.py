@@ -14,8 +14,10 @@ from typing import Any
 
 from waypost.mesh.model import (
     Cors,
+    Fault,
     HeaderOps,
     HTTPRouteEntry,
+    IstioRetry,
     MeshSnapshot,
     PathRewrite,
     Redirect,
@@ -26,6 +28,7 @@ from waypost.mesh.model import (
     TRUST_DOMAIN,
 )
 
+from . import destination
 from .common import PEER_PRINCIPAL_KEY
 
 CORS_FILTER = "envoy.filters.http.cors"
@@ -49,14 +52,42 @@ DEFAULT_RETRY = {
 REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
 
 
+FAULT_FILTER = "envoy.filters.http.fault"
+T_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+
 def cluster_name(backend: WeightedBackend | Any) -> str:
     # A backend that cannot be resolved keeps its share: the missing cluster answers 500.
     prefix = "outbound" if getattr(backend, "exists", True) else "missing"
-    return f"{prefix}|{backend.port}||{backend.service}"
+    return f"{prefix}|{backend.port}|{getattr(backend, 'subset', '')}|{backend.service}"
 
 
 def _string_match(m: ValueMatch) -> dict[str, Any]:
-    return {"safe_regex": {"regex": m.value}} if m.regex else {"exact": m.value}
+    if m.regex:
+        return {"safe_regex": {"regex": m.value}}
+    if m.how == "prefix":
+        return {"prefix": m.value}
+    return {"exact": m.value}
+
+
+def _header_matcher(h: ValueMatch) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": h.name}
+    if h.how == "present":
+        out["present_match"] = True
+    else:
+        out["string_match"] = _string_match(h)
+    if h.invert:
+        # VirtualService withoutHeaders: a missing header counts as "" (Istio), so it does not match.
+        out["invert_match"] = True
+        if h.how != "present":
+            out["treat_missing_header_as_empty"] = True
+    return out
+
+
+def _query_matcher(q: ValueMatch) -> dict[str, Any]:
+    if q.how == "present":
+        return {"name": q.name, "present_match": True}
+    return {"name": q.name, "string_match": _string_match(q)}
 
 
 def _match(entry: HTTPRouteEntry) -> dict[str, Any]:
@@ -64,18 +95,21 @@ def _match(entry: HTTPRouteEntry) -> dict[str, Any]:
         match: dict[str, Any] = {"path": entry.path}
     elif entry.path_type == "RegularExpression":
         match = {"safe_regex": {"regex": entry.path}}
-    elif entry.path == "/":
-        match = {"prefix": "/"}
+    elif entry.path == "/" or entry.path_type == "Prefix":
+        # A VirtualService prefix is a plain string prefix (Istio): /v2 also matches /v2example.
+        match = {"prefix": entry.path}
     else:
         # Gateway API prefixes match whole path segments: /v2 matches /v2 and /v2/x but not /v2example.
         match = {"path_separated_prefix": entry.path}
-    headers = [{"name": h.name, "string_match": _string_match(h)} for h in entry.headers]
+    if not entry.case_sensitive:
+        match["case_sensitive"] = False
+    headers = [_header_matcher(h) for h in entry.headers]
     if entry.method:
         headers.append({"name": ":method", "string_match": {"exact": entry.method}})
     if headers:
         match["headers"] = headers
     if entry.query:
-        match["query_parameters"] = [{"name": q.name, "string_match": _string_match(q)} for q in entry.query]
+        match["query_parameters"] = [_query_matcher(q) for q in entry.query]
     if entry.consumer_namespace:
         match["filter_state"] = [consumer_matcher(entry.consumer_namespace)]
     return match
@@ -97,7 +131,12 @@ def _header_ops(ops: HeaderOps, direction: str) -> dict[str, Any]:
 
 
 def _path_rewrite(rewrite: PathRewrite) -> dict[str, Any]:
-    """Gateway API path modifiers as Envoy rewrites (the table in gateway-api.md §2.4, URLRewrite row)."""
+    """Gateway API path modifiers as Envoy rewrites (the table in gateway-api.md §2.4, URLRewrite row);
+    a VirtualService's uri rewrite is Envoy's prefix_rewrite as written, its uriRegexRewrite a regex_rewrite."""
+    if rewrite.pattern is not None:
+        return {"regex_rewrite": {"pattern": {"regex": rewrite.pattern}, "substitution": rewrite.value}}
+    if rewrite.literal:
+        return {"prefix_rewrite": rewrite.value}
     if rewrite.full:
         return {"regex_rewrite": {"pattern": {"regex": "^/.*$"}, "substitution": rewrite.value}}
     replacement = rewrite.value.rstrip("/")
@@ -119,6 +158,8 @@ def _redirect(r: Redirect) -> dict[str, Any]:
         out["host_redirect"] = r.hostname
     if r.port:
         out["port_redirect"] = r.port
+    if r.strip_port:
+        out["port_redirect"] = 0
     if r.path:
         if r.path.full:
             out["path_redirect"] = r.path.value
@@ -136,7 +177,11 @@ def _cors_policy(c: Cors) -> dict[str, Any]:
             origins.append({"safe_regex": {"regex": ".*".join(re.escape(part) for part in origin.split("*"))}})
         else:
             origins.append({"exact": origin})
-    policy: dict[str, Any] = {"@type": T_CORS_POLICY, "allow_origin_string_match": origins, "max_age": str(c.max_age)}
+    origins += [_string_match(m) for m in c.origin_matches if m.how != "present"]
+    origins += [{"safe_regex": {"regex": ".*"}} for m in c.origin_matches if m.how == "present"]
+    policy: dict[str, Any] = {"@type": T_CORS_POLICY, "allow_origin_string_match": origins}
+    if c.max_age is not None:
+        policy["max_age"] = str(c.max_age)
     if c.allow_methods:
         policy["allow_methods"] = ",".join(c.allow_methods)
     if c.allow_headers:
@@ -145,10 +190,34 @@ def _cors_policy(c: Cors) -> dict[str, Any]:
         policy["expose_headers"] = ",".join(c.expose_headers)
     if c.allow_credentials:
         policy["allow_credentials"] = True
+    if c.kind == "VirtualService":
+        # Istio's TranslateCORSPolicy: always enabled; preflights matching no origin go on to the app
+        # unless unmatchedPreflights is IGNORE.
+        policy["filter_enabled"] = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+        policy["forward_not_matching_preflights"] = c.forward_unmatched_preflights
+    return policy
+
+
+def _istio_retry(r: IstioRetry) -> dict[str, Any] | None:
+    """A VirtualService `retries` stanza as Istio's retry.ConvertPolicy renders it."""
+    if r.attempts == 0:
+        return None
+    policy: dict[str, Any] = {"retry_on": r.retry_on, "num_retries": r.attempts}
+    if r.codes:
+        policy["retriable_status_codes"] = list(r.codes)
+    if r.previous_hosts:
+        policy["retry_host_predicate"] = PREVIOUS_HOSTS
+    policy["host_selection_retry_max_attempts"] = "5"
+    if r.per_try_timeout_ms:
+        policy["per_try_timeout"] = f"{r.per_try_timeout_ms / 1000:g}s"
+    if r.backoff_ms:
+        policy["retry_back_off"] = {"base_interval": f"{r.backoff_ms / 1000:g}s"}
     return policy
 
 
 def _retry(entry: HTTPRouteEntry) -> dict[str, Any] | None:
+    if entry.istio_retry is not None:
+        return _istio_retry(entry.istio_retry)
     if entry.retry is None:
         policy = dict(DEFAULT_RETRY)
     elif entry.retry.attempts == 0:
@@ -170,13 +239,17 @@ def _retry(entry: HTTPRouteEntry) -> dict[str, Any] | None:
     return policy
 
 
-def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend]) -> dict[str, Any]:
+def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend], hashing=None) -> dict[str, Any]:
     # An invalid backend's share: HTTP 500, or gRPC UNAVAILABLE (a 503 local reply) for GRPCRoute.
-    not_found = "SERVICE_UNAVAILABLE" if entry.kind == "GRPCRoute" else "INTERNAL_SERVER_ERROR"
+    # A VirtualService destination without a cluster (unknown host or subset): 503, as in Istio.
+    not_found = "SERVICE_UNAVAILABLE" if entry.kind in ("GRPCRoute", "VirtualService") else "INTERNAL_SERVER_ERROR"
     action: dict[str, Any] = {"cluster_not_found_response_code": not_found}
     per_backend_filters = any(b.request_headers or b.response_headers for b in live)
     if len(live) == 1 and not per_backend_filters:
         action["cluster"] = cluster_name(live[0])
+        policy = hashing(live[0]) if hashing is not None and live[0].exists else None
+        if policy:
+            action["hash_policy"] = policy  # the destination's DestinationRule balances by consistent hash
     else:
         clusters = []
         for b in live:
@@ -200,7 +273,7 @@ def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend]) -> dict[str, An
         action.update(_path_rewrite(entry.rewrite_path))
     if entry.mirrors:
         action["request_mirror_policies"] = [
-            {"cluster": f"outbound|{m.port}||{m.service}"}
+            {"cluster": f"outbound|{m.port}|{m.subset}|{m.service}"}
             | (
                 {}
                 if m.per_million >= 1_000_000
@@ -211,42 +284,84 @@ def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend]) -> dict[str, An
     return action
 
 
-def route(entry: HTTPRouteEntry) -> dict[str, Any]:
+def route(entry: HTTPRouteEntry, hashing=None) -> dict[str, Any]:
     out: dict[str, Any] = {"name": entry.route_name, "match": _match(entry)}
     live = [b for b in entry.backends if b.weight > 0]
     if entry.direct_status is not None:
         out["direct_response"] = {"status": entry.direct_status}
+        if entry.direct_body is not None:
+            out["direct_response"]["body"] = {"inline_string": entry.direct_body}
     elif entry.redirect is not None:
         out["redirect"] = _redirect(entry.redirect)
     elif not live:
         # No backendRefs, or every weight 0: the request cannot be forwarded (Gateway API: 500; gRPC UNAVAILABLE).
         out["direct_response"] = {"status": 503 if entry.kind == "GRPCRoute" else 500}
     else:
-        out["route"] = _forward(entry, live)
+        out["route"] = _forward(entry, live, hashing)
     out.update(_header_ops(entry.request_headers, "request"))
     out.update(_header_ops(entry.response_headers, "response"))
+    per_filter: dict[str, Any] = {}
     if entry.cors is not None:
-        out["typed_per_filter_config"] = {CORS_FILTER: _cors_policy(entry.cors)}
+        per_filter[CORS_FILTER] = _cors_policy(entry.cors)
+    if entry.fault is not None:
+        per_filter[FAULT_FILTER] = fault_config(entry.fault)
+    if per_filter:
+        out["typed_per_filter_config"] = per_filter
     return out
 
 
-def needed_clusters(entries: tuple[HTTPRouteEntry, ...]) -> list[tuple[str, int]]:
-    needed = {(b.service, b.port) for e in entries for b in e.backends if b.exists and b.weight > 0}
-    needed |= {(m.service, m.port) for e in entries for m in e.mirrors}
+def _share(per_million: int) -> dict[str, Any]:
+    return {"numerator": per_million, "denominator": "MILLION"}
+
+
+def fault_config(f: Fault) -> dict[str, Any]:
+    """A VirtualService fault as the fault filter's per-route config (Istio's translateFault)."""
+    out: dict[str, Any] = {"@type": T_FAULT}
+    if f.delay_ms is not None:
+        out["delay"] = {"fixed_delay": f"{f.delay_ms / 1000:g}s", "percentage": _share(f.delay_per_million)}
+    if f.abort_http is not None:
+        out["abort"] = {"http_status": f.abort_http, "percentage": _share(f.abort_per_million)}
+    elif f.abort_grpc is not None:
+        out["abort"] = {"grpc_status": f.abort_grpc, "percentage": _share(f.abort_per_million)}
+    return out
+
+
+def fault_filter() -> dict[str, Any]:
+    """The fault filter, on the chains whose routes inject faults; it acts only where a route configures it."""
+    return {"name": FAULT_FILTER, "typed_config": {"@type": T_FAULT}}
+
+
+def needed_clusters(entries: tuple[HTTPRouteEntry, ...]) -> list[tuple[str, int, str]]:
+    needed = {(b.service, b.port, b.subset) for e in entries for b in e.backends if b.exists and b.weight > 0}
+    needed |= {(m.service, m.port, m.subset) for e in entries for m in e.mirrors}
     return sorted(needed)
 
 
 def route_configuration(
-    snapshot: MeshSnapshot, service: Service, port: ServicePort, name: str
-) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    snapshot: MeshSnapshot, service: Service, port: ServicePort, name: str, proxy_namespace: str | None = None
+) -> tuple[dict[str, Any], list[tuple[str, int, str]]]:
     default_cluster = f"inbound-vip|{port.port}|http|{service.fqdn}"
     attached = snapshot.routes_for(service.key, port.port)
+    proxy_namespace = proxy_namespace or service.namespace
+
+    def hashing(backend: WeightedBackend) -> list[dict[str, Any]] | None:
+        target = snapshot.service_by_fqdn(backend.service)
+        if target is None:
+            return None
+        rule = snapshot.destination_rule(backend.service, proxy_namespace, target.namespace)
+        return destination.hash_policy(rule, backend.port, backend.subset) if rule is not None else None
+
     if attached is None or not attached.entries:
-        return default_route_config(name, default_cluster), []
+        config = default_route_config(name, default_cluster)
+        own = destination.hash_policy(snapshot.destination_rule(service.fqdn, proxy_namespace, service.namespace), port.port)
+        if own:
+            route0 = config["virtual_hosts"][0]["routes"][0]
+            config["virtual_hosts"][0]["routes"][0] = {**route0, "route": {**route0["route"], "hash_policy": own}}
+        return config, []
     routes: list[dict[str, Any]] = []
     for namespace in attached.consumer_namespaces:
         group = [e for e in attached.consumers if e.consumer_namespace == namespace]
-        routes.extend(route(e) for e in group)
+        routes.extend(route(e, hashing) for e in group)
         # A client namespace with consumer routes uses only those: its unmatched requests get 404.
         routes.append(
             {
@@ -255,7 +370,7 @@ def route_configuration(
                 "direct_response": {"status": 404},
             }
         )
-    routes.extend(route(e) for e in attached.producers)
+    routes.extend(route(e, hashing) for e in attached.producers)
     if not attached.producers:
         routes.append(_default_route(default_cluster))
     config = {"name": name, "validate_clusters": False, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]}

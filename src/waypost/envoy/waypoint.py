@@ -21,7 +21,7 @@ from waypost.mesh.registry import port_protocol
 from waypost.mesh.tracking import Diff, Recorder
 
 from . import common as c
-from . import extauthz, extensions, jwt, rbac, routing, telemetry
+from . import destination, extauthz, extensions, jwt, rbac, routing, telemetry
 from waypost.mesh import telemetry as telemetry_api
 from .ztunnel import PLAIN_ORIGINATE
 
@@ -67,7 +67,7 @@ def _labels(snapshot: MeshSnapshot | None, endpoint: Endpoint) -> dict[str, str]
 
 def _hcm(
     stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None,
-    late: list[dict[str, Any]] | None = None, grpc: bool = False,
+    late: list[dict[str, Any]] | None = None, grpc: bool = False, fault: bool = False,
 ) -> dict[str, Any]:
     """An HCM with the authn/authz filters first, then CORS, then `late` (STATS/UNSPECIFIED extensions).
 
@@ -91,7 +91,7 @@ def _hcm(
             "common_http_protocol_options": {"idle_timeout": "3600s", "max_headers_count": 100},
             "max_request_headers_kb": 60,
             **({"access_log": access_log} if access_log else {}),
-            "http_filters": authz + [
+            "http_filters": authz + ([routing.fault_filter()] if fault else []) + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
                 *(late or []),
@@ -235,18 +235,30 @@ def _service_routes_section(snapshot: MeshSnapshot, service: Service) -> Section
     A section of its own, apart from the service's chains (`_service_section`): a route change then
     translates only this, not the chains with their policies and telemetry."""
     out = _Builder()
+    proxy_namespace = service.waypoint.namespace if service.waypoint is not None else service.namespace
     for sp in service.ports:
         if sp.protocol not in HTTP_PORTS:
             continue
-        route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, f"{service.fqdn}:{sp.port}")
+        route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, f"{service.fqdn}:{sp.port}", proxy_namespace)
         out.routes.append(route_config)
-        for backend, port in backend_clusters:
+        for backend, port, subset in backend_clusters:
             backend_service = snapshot.service_by_fqdn(backend)
             assert backend_service is not None  # routing only names existing backends here
+            rule = snapshot.destination_rule(backend, proxy_namespace, backend_service.namespace)
+            chosen = destination.subset_of(rule, subset) if subset else None
+            if subset and chosen is None:
+                continue  # a subset no DestinationRule defines: no cluster, so its share gets 503 (as in Istio)
             bp = backend_service.port(port)
             bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
-            out.add_cluster(endpoint_cluster(f"outbound|{port}||{backend}", backend_service.endpoints_for(port), bhttp, snapshot))
+            endpoints = destination.subset_endpoints(backend_service.endpoints_for(port), lambda e: _workload_labels(snapshot, e), chosen)
+            cluster = endpoint_cluster(f"outbound|{port}|{subset}|{backend}", endpoints, bhttp, snapshot)
+            out.add_cluster(destination.apply(cluster, rule, port, subset))
     return out.section()
+
+
+def _workload_labels(snapshot: MeshSnapshot, endpoint: Endpoint) -> dict[str, str]:
+    workload = snapshot.workload(endpoint.workload)
+    return workload.label_map if workload is not None else {}
 
 
 def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service) -> Section:
@@ -268,11 +280,12 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
         domains.append(f"{service.vip}:{sp.port}")
         http = "h2" if sp.protocol in ("HTTP2", "GRPC") else "auto"
         endpoints = service.endpoints_for(sp.port)
-        tcp_cluster = add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot))
+        rule = snapshot.destination_rule(service.fqdn, waypoint.namespace, service.namespace)
+        tcp_cluster = add_cluster(destination.apply(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot), rule, sp.port))
         route_name = f"{service.fqdn}:{sp.port}"
         match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
         if sp.protocol in HTTP_PORTS:
-            add_cluster(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot))
+            add_cluster(destination.apply(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot), rule, sp.port))
         l4 = snapshot.l4routes_for(service.key, sp.port)
         if l4 is not None:
             if l4.kind == "TLSRoute":
@@ -287,7 +300,7 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
                 match,
                 sp.protocol,
                 _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp), observed, snapshot.mesh_config), http_late,
-                    grpc=_protocol(snapshot, service, sp) == "grpc"),
+                    grpc=_protocol(snapshot, service, sp) == "grpc", fault=snapshot.port_has_fault(service.key, sp.port)),
                 tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service, chain=observed, mesh=snapshot.mesh_config))],
             )
         )

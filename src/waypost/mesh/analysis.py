@@ -15,7 +15,7 @@ validation error), `WPT` codes for the ambient traps Istio's analyzers do not re
 | WPT0006 | Warning | pods behind a waypoint-enforced policy are reachable by clients outside the mesh, bypassing it |
 | WPT0007 | Error   | a CUSTOM policy's provider is unusable (undeclared, unresolvable, or several on one chain): its rules deny |
 | WPT0008 | Warning | a CUSTOM or AUDIT policy attached by selector/namespace: ztunnel does not support it, nothing enforces it |
-| WPT0009 | Warning | a VirtualService and an HTTPRoute/GRPCRoute route the same host: mixing them is undefined in Istio |
+| WPT0009 | Error   | a VirtualService and an HTTPRoute/GRPCRoute route the same service port: the HTTPRoute wins, the VirtualService does not apply there |
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def analyze(resources: list[Resource], snapshot: MeshSnapshot, refused: Sequence
     """Findings from the resources and snapshot; `refused` are the raw documents of kinds not enforced yet."""
     by_key = {(r.KIND, r.namespace, r.name): r for r in resources}
     out: list[Finding] = []
-    out.extend(_mixed_routing(refused, snapshot))
+    out.extend(_mixed_routing(by_key, snapshot))
 
     # IST0101 and WPT0003-5 from the computed status conditions.
     for status in snapshot.statuses:
@@ -174,36 +174,22 @@ def analyze(resources: list[Resource], snapshot: MeshSnapshot, refused: Sequence
 __all__ = ["Finding", "LEVELS", "analyze", "from_diagnostics", "ztunnel_condition"]
 
 
-def _mixed_routing(refused: Sequence[Any], snapshot: MeshSnapshot) -> list[Finding]:
-    """WPT0009: a VirtualService host that is also a Service/ServiceEntry some HTTPRoute/GRPCRoute routes."""
-    routed: dict[str, list[str]] = {}
-    for r in snapshot.routes:
-        service = snapshot.service(r.service)
-        if service is not None:
-            routed.setdefault(service.fqdn, []).extend(e.route for e in r.entries)
+def _mixed_routing(by_key: dict, snapshot: MeshSnapshot) -> list[Finding]:
+    """WPT0009: a VirtualService that loses service ports to an HTTPRoute/GRPCRoute (waypost's mixing rule,
+    `mesh.virtualservices`): it is recorded in the VirtualService's `Conflicted` condition."""
     out = []
-    for doc in refused:
-        if doc.kind != "VirtualService":
+    for status in snapshot.statuses:
+        if status.kind != "VirtualService":
             continue
-        hosts = (doc.data.get("spec") or {}).get("hosts") or []
-        for host in hosts if isinstance(hosts, list) else []:
-            fqdn = _qualify(str(host), doc.namespace or "default")
-            if fqdn in routed:
-                routes = ", ".join(sorted(set(routed[fqdn])))
+        for condition in status.conditions:
+            if condition.type == "Conflicted" and condition.status == "True":
+                vs = by_key.get(("VirtualService", status.namespace, status.name))
+                file, line = (vs.source.file, vs.source.line) if vs is not None else ("", 0)
                 out.append(
                     Finding(
-                        "Warning", "WPT0009", "VirtualService", doc.namespace, doc.name, doc.source.file, doc.source.line,
-                        f"host {host} ({fqdn}) is also routed by HTTPRoute/GRPCRoute {routes}; mixing classic and Gateway API "
-                        "routing for one host is undefined in Istio: route it with one API only",
+                        "Error", "WPT0009", "VirtualService", status.namespace, status.name, file, line,
+                        f"{condition.message}; mixing VirtualService and Gateway API routing for one service port is "
+                        "undefined in Istio, and waypost applies only the Gateway API route there: route it with one API only",
                     )
                 )
     return out
-
-
-def _qualify(host: str, namespace: str) -> str:
-    """Istio's short-name resolution for VirtualService hosts: `svc` → `svc.<vs namespace>.svc.cluster.local`."""
-    if "." not in host:
-        return f"{host}.{namespace}.svc.cluster.local"
-    if host.count(".") == 1:
-        return f"{host}.svc.cluster.local"
-    return host

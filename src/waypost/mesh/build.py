@@ -15,10 +15,12 @@ from waypost.api.httproute import HTTPRoute
 from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meshconfig import MESH_CONFIGMAP_KEY, MESH_CONFIGMAP_NAME, MESH_CONFIGMAP_NAMESPACE, MeshConfig, parse_mesh_config
 from waypost.api.meta import Resource
+from waypost.api.destinationrule import DestinationRule
 from waypost.api.networking import ServiceEntry, WorkloadEntry
+from waypost.api.virtualservice import VirtualService
 from waypost.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 
-from . import l4routes, policies as authz, registry, routes as route_attachment, waypoints as binding
+from . import l4routes, policies as authz, registry, routes as route_attachment, virtualservices, waypoints as binding
 from .addresses import AddressPlan
 from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
 
@@ -276,6 +278,12 @@ def build(
         reuse.rule_memo if reuse is not None else None,
     )
     statuses.extend(route_statuses)
+    # VirtualServices route the service ports no HTTPRoute/GRPCRoute routes (waypost's mixing rule).
+    vs_routes, vs_statuses = virtualservices.attach(
+        of(VirtualService), services, {(r.service, r.port): (r.entries[0].kind + " " + r.entries[0].route) for r in routes if r.entries}
+    )
+    routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
+    statuses.extend(vs_statuses)
     l4, l4_statuses = l4routes.attach(
         sorted([*of(TCPRoute), *of(TLSRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
@@ -307,6 +315,7 @@ def build(
         telemetries=tuple(telemetries),
         envoy_filters=tuple(sorted(of(EnvoyFilter), key=lambda f: (f.namespace, f.name))),
         # Istio's conflict rule for PeerAuthentications of one scope: the oldest wins.
+        destination_rules=tuple(sorted(of(DestinationRule), key=lambda d: (d.metadata.creation_timestamp or "", d.namespace, d.name))),
         peer_authentications=tuple(sorted(of(PeerAuthentication), key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name))),
         mesh_config=mesh,
         rule_memo=rule_memo,

@@ -195,13 +195,19 @@ class WeightedBackend:
     exists: bool  # False: that share of requests gets 500 (missing Service, bad kind, unsupported filter)
     request_headers: HeaderOps = HeaderOps()
     response_headers: HeaderOps = HeaderOps()
+    subset: str = ""  # a DestinationRule subset (VirtualService destinations): its own cluster
 
 
 @dataclass(frozen=True)
 class ValueMatch:
+    """A header or query parameter match. `how`: exact, regex, prefix, or present (any value); `invert`
+    negates it (VirtualService withoutHeaders)."""
+
     name: str
     value: str
     regex: bool = False
+    how: str = ""  # "" = exact, or regex when `regex`; else "prefix" | "present"
+    invert: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,8 @@ class PathRewrite:
     value: str
     full: bool
     matched_prefix: str = "/"
+    literal: bool = False  # VirtualService rewrite.uri: Envoy's prefix_rewrite as written (Istio)
+    pattern: str | None = None  # VirtualService uriRegexRewrite: regex `pattern` → substitution `value`
 
 
 @dataclass(frozen=True)
@@ -220,6 +228,7 @@ class Redirect:
     port: int | None
     path: PathRewrite | None
     status_code: int
+    strip_port: bool = False  # VirtualService derivePort FROM_PROTOCOL_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,7 @@ class Mirror:
     service: str
     port: int
     per_million: int  # share of requests mirrored, in millionths
+    subset: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,7 +246,33 @@ class Cors:
     allow_methods: tuple[str, ...]
     allow_headers: tuple[str, ...]
     expose_headers: tuple[str, ...]
-    max_age: int
+    max_age: int | None
+    origin_matches: tuple[ValueMatch, ...] = ()  # VirtualService allowOrigins (StringMatch), besides allow_origins
+    kind: str = "HTTPRoute"  # or VirtualService
+    forward_unmatched_preflights: bool = True
+
+
+@dataclass(frozen=True)
+class Fault:
+    """VirtualService fault injection: a delay and/or an abort, each for a share of requests (millionths)."""
+
+    delay_ms: int | None = None
+    delay_per_million: int = 0
+    abort_http: int | None = None
+    abort_grpc: int | None = None
+    abort_per_million: int = 0
+
+
+@dataclass(frozen=True)
+class IstioRetry:
+    """A VirtualService `retries` stanza (Istio's retry.ConvertPolicy)."""
+
+    attempts: int
+    retry_on: str  # Envoy retry_on policies
+    codes: tuple[int, ...]
+    per_try_timeout_ms: int | None
+    backoff_ms: int | None
+    previous_hosts: bool
 
 
 @dataclass(frozen=True)
@@ -253,7 +289,7 @@ class HTTPRouteEntry:
     route: str  # namespace/name of the route
     rule_index: int
     rule_name: str | None
-    path_type: str  # Exact | PathPrefix | RegularExpression
+    path_type: str  # Exact | PathPrefix | RegularExpression, or Prefix (a VirtualService's plain string prefix)
     path: str
     backends: tuple[WeightedBackend, ...]
     headers: tuple[ValueMatch, ...] = ()
@@ -271,10 +307,18 @@ class HTTPRouteEntry:
     retry: RetrySpec | None = None  # None: Istio's default retry policy
     direct_status: int | None = None  # answer locally (500 for an unresolvable ExtensionRef filter)
     consumer_namespace: str | None = None  # consumer route: applies only to clients in this namespace
-    kind: str = "HTTPRoute"
+    kind: str = "HTTPRoute"  # or GRPCRoute, VirtualService
+    # VirtualService-only parts.
+    case_sensitive: bool = True  # ignoreUriCase: False
+    fault: Fault | None = None
+    istio_retry: IstioRetry | None = None
+    direct_body: str | None = None
+    route_name_override: str | None = None
 
     @property
     def route_name(self) -> str:
+        if self.route_name_override:
+            return self.route_name_override
         ns, name = self.route.split("/", 1)
         return self.rule_name or f"{ns}.{name}.{self.rule_index}"
 
@@ -370,6 +414,7 @@ class MeshSnapshot:
     telemetries: tuple = field(default=())  # api Telemetry values, sorted by namespace/name
     envoy_filters: tuple = field(default=())  # api EnvoyFilter values, sorted by namespace/name
     peer_authentications: tuple = field(default=())  # api PeerAuthentication values, oldest first
+    destination_rules: tuple = field(default=())  # api DestinationRule values, oldest first
     wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
     # What `build` may reuse when it builds the next snapshot (`build(..., reuse=this)`): route rules turned
@@ -498,6 +543,22 @@ class MeshSnapshot:
         read than `routes_for`, so that a chain does not depend on every route change."""
         routes = self._routes_by_port.get((service_key, port))
         return routes is not None and any(e.kind == "GRPCRoute" for e in routes.entries)
+
+    def port_has_fault(self, service_key: str, port: int) -> bool:
+        """Whether a VirtualService injects faults on this service port (its chain then needs the fault filter)."""
+        routes = self._routes_by_port.get((service_key, port))
+        return routes is not None and any(e.fault is not None for e in routes.entries)
+
+    @cached_property
+    def _destination_rules(self) -> Any:
+        from .destinations import DestinationRuleIndex
+
+        return DestinationRuleIndex(self.destination_rules, self.root_namespace)
+
+    def destination_rule(self, host: str, proxy_namespace: str, service_namespace: str) -> Any:
+        """The DestinationRule spec (merged as Istio merges them) a proxy in `proxy_namespace` applies to
+        `host`, or None (`mesh.destinations`)."""
+        return self._destination_rules.lookup(host, proxy_namespace, service_namespace)
 
     def l4routes_for(self, service_key: str, port: int) -> L4Routes | None:
         return self._l4routes_by_port.get((service_key, port))
