@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import REPO
@@ -38,3 +40,12 @@ def test_extauthz_example(start_mesh):
     assert allowed.status == 200 and "X-Ext-Authz-Check-Result" in allowed.body
     decisions = [line for line in (mesh.state_dir / "logs" / "workloads.log").read_text().splitlines() if "foo/ext-authz" in line]
     assert [line.split()[1] for line in decisions] == ["[HTTP][denied]", "[HTTP][allowed]"]
+
+
+def test_classic_example(start_mesh):
+    mesh = start_mesh(REPO / "examples" / "classic", name="classic")
+    plain = mesh.request("books/client", "http://reviews:9080/")
+    assert dict(plain.headers)["x-reviews-route"] == "default"
+    assert json.loads(plain.body)["pod"].startswith("reviews-v1-")
+    jason = {json.loads(mesh.request("books/client", "http://reviews:9080/", headers=[("end-user", "jason")]).body)["pod"] for _ in range(6)}
+    assert len(jason) == 1 and jason.pop().startswith("reviews-v2-")  # the subset's consistent hash: one pod

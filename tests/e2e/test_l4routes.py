@@ -82,7 +82,7 @@ for i, name in enumerate(("tls-a", "tls-b", "tcp-a", "tcp-b"), start=1):
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: {name}, namespace: l4}}
-spec: {{address: {BLOCK}.{i}, labels: {{app: {name}}}}}
+spec: {{address: {BLOCK}.{i}, labels: {{app: {name}, tier: {name.split("-")[0]}, version: {name.split("-")[1]}}}}}
 ---
 apiVersion: v1
 kind: Service
@@ -133,6 +133,46 @@ spec:
     - {name: tcp-a, port: 9000, weight: 3}
     - {name: tcp-b, port: 9000, weight: 1}
     - {name: missing, port: 9000, weight: 0}
+---
+# The same with Istio's classic API (issue 10): VirtualService tcp and tls routes, DestinationRule subsets.
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-vs, namespace: l4}
+spec:
+  selector: {tier: tcp}
+  ports: [{name: tcp, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: tls-vs, namespace: l4}
+spec:
+  selector: {app: nothing}
+  ports: [{name: tls, port: 9443}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-vs, namespace: l4}
+spec:
+  host: tcp-vs
+  subsets: [{name: a, labels: {version: a}}, {name: b, labels: {version: b}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-vs, namespace: l4}
+spec:
+  hosts: [tcp-vs]
+  tcp: [{route: [{destination: {host: tcp-vs, subset: b}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls-vs, namespace: l4}
+spec:
+  hosts: [tls-vs]
+  tls:
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: tls-a}}]
+  - match: [{sniHosts: [b.example.com, c.example.com]}]
+    route: [{destination: {host: tls-b}}]
 """
 
 
@@ -202,3 +242,24 @@ def test_tcproute_splits_connections_by_weight(mesh):
         seen[name] += 1
     # 3:1 over 40 connections: both hit, tcp-a most (expected 30 ± 2.7 sd).
     assert seen["tcp-b"] > 0 and seen["tcp-a"] > seen["tcp-b"], seen
+
+
+def test_virtual_service_tcp_route_to_a_subset(mesh):
+    """A VirtualService tcp route sends every connection to subset b (DestinationRule labels version=b)."""
+    names = {read_all(connect(mesh, "tcp-vs", 9000)) for _ in range(10)}
+    assert names == {"tcp-b"}
+
+
+def test_virtual_service_tls_routes_by_sni(mesh):
+    def name(sni: str) -> str:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            return read_all(ctx.wrap_socket(connect(mesh, "tls-vs", 9443), server_hostname=sni)) or "refused"
+        except (OSError, ssl.SSLError):
+            return "refused"
+
+    assert name("a.example.com") == "tls-a"
+    assert name("c.example.com") == "tls-b"
+    assert name("d.example.com") == "refused"  # no tls route matches this SNI

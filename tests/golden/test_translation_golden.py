@@ -18,7 +18,7 @@ from waypost.mesh import AddressPlan, build
 from tests.conftest import REPO
 
 GOLDEN_ROOT = Path(__file__).parent
-EXAMPLES = ["quickstart", "routing"]
+EXAMPLES = ["quickstart", "routing", "classic"]
 PLAN = AddressPlan(77)
 
 

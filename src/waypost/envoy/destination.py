@@ -14,7 +14,6 @@ pilot/pkg/networking/util GetPortLevelTrafficPolicy and model MergeTrafficPolicy
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,7 +220,7 @@ def _tls_socket(tls, h2: bool) -> dict[str, Any] | None:
         return None
     common: dict[str, Any] = {}
     if not tls.insecure_skip_verify:
-        ca = tls.ca_certificates or (SYSTEM_CA if os.path.exists(SYSTEM_CA) else None)
+        ca = tls.ca_certificates or SYSTEM_CA  # Istio's default, "system": the OS trust store
         if ca:
             validation: dict[str, Any] = {"trusted_ca": {"filename": ca}}
             if tls.subject_alt_names:

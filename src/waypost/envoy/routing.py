@@ -274,6 +274,8 @@ def _forward(entry: HTTPRouteEntry, live: list[WeightedBackend], hashing=None) -
     if entry.mirrors:
         action["request_mirror_policies"] = [
             {"cluster": f"outbound|{m.port}|{m.subset}|{m.service}"}
+            # Istio (DISABLE_SHADOW_HOST_SUFFIX, on by default) keeps the authority of VirtualService mirrors.
+            | ({"disable_shadow_host_suffix_append": True} if entry.kind == "VirtualService" else {})
             | (
                 {}
                 if m.per_million >= 1_000_000

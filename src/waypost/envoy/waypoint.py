@@ -137,11 +137,17 @@ def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[
         for b in entry.backends:
             if b.weight == 0:
                 continue
-            name = f"outbound|{b.port}|tcp|{b.service}" if b.exists else f"missing|{b.port}|tcp|{b.service}"
+            kind = f"tcp/{b.subset}" if b.subset else "tcp"
+            name = f"outbound|{b.port}|{kind}|{b.service}" if b.exists else f"missing|{b.port}|{kind}|{b.service}"
             if b.exists:
                 backend = snapshot.service_by_fqdn(b.service)
                 assert backend is not None
-                add_cluster(endpoint_cluster(name, backend.endpoints_for(b.port), None, snapshot))
+                proxy_namespace = service.waypoint.namespace if service.waypoint is not None else service.namespace
+                rule = snapshot.destination_rule(b.service, proxy_namespace, backend.namespace)
+                chosen = destination.subset_of(rule, b.subset) if b.subset else None
+                if not b.subset or chosen is not None:  # an undefined subset: no cluster, its share is refused
+                    endpoints = destination.subset_endpoints(backend.endpoints_for(b.port), lambda e: _workload_labels(snapshot, e), chosen)
+                    add_cluster(destination.apply(endpoint_cluster(name, endpoints, None, snapshot), rule, b.port, b.subset))
             weighted.append({"name": name, "weight": b.weight})
         stat = f"{l4.kind.lower()}_{service.namespace}_{service.name}_{port}"
         proxy = (

@@ -278,18 +278,21 @@ def build(
         reuse.rule_memo if reuse is not None else None,
     )
     statuses.extend(route_statuses)
-    # VirtualServices route the service ports no HTTPRoute/GRPCRoute routes (waypost's mixing rule).
-    vs_routes, vs_statuses = virtualservices.attach(
-        of(VirtualService), services, {(r.service, r.port): (r.entries[0].kind + " " + r.entries[0].route) for r in routes if r.entries}
-    )
-    routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
-    statuses.extend(vs_statuses)
     l4, l4_statuses = l4routes.attach(
         sorted([*of(TCPRoute), *of(TLSRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
         {(r.service, r.port) for r in routes},
     )
     statuses.extend(l4_statuses)
+    # VirtualServices route the service ports no Gateway API route routes (waypost's mixing rule).
+    vs_routes, vs_l4, vs_statuses = virtualservices.attach(
+        of(VirtualService), services,
+        {(r.service, r.port): f"{r.entries[0].kind} {r.entries[0].route}" for r in routes if r.entries},
+        {(r.service, r.port): f"{r.kind} {r.entries[0].route}" for r in l4 if r.entries},
+    )
+    routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
+    l4 = tuple(sorted((*l4, *vs_l4), key=lambda r: (r.service, r.port)))
+    statuses.extend(vs_statuses)
     policies = sorted(of(AuthorizationPolicy), key=lambda p: (p.namespace, p.name))
     statuses.extend(authz.statuses(policies, waypoints, services, root_namespace))
     extensions = sorted([*of(WasmPlugin), *of(TrafficExtension)], key=lambda e: (e.namespace, e.name, e.KIND))

@@ -34,6 +34,8 @@ from .model import (
     HeaderOps,
     HTTPRouteEntry,
     IstioRetry,
+    L4RouteEntry,
+    L4Routes,
     Mirror,
     PathRewrite,
     Redirect,
@@ -324,12 +326,51 @@ def _cors(c) -> Cors:
     )
 
 
-def attach(
-    virtual_services: list[VirtualService], services: Mapping[str, Service], taken: Mapping[tuple[str, int], str]
-) -> tuple[tuple[ServiceRoutes, ...], tuple[ResourceStatus, ...]]:
-    """Route entries of the VirtualServices for each waypoint-served service port, and their statuses.
+def _l4_match_applies(m, port: int, waypoint_namespace: str) -> bool:
+    if m.port is not None and m.port != port:
+        return False
+    if m.gateways:
+        return "mesh" in m.gateways
+    if m.source_labels:
+        return False
+    return m.source_namespace is None or m.source_namespace == waypoint_namespace
 
-    `taken`: (service key, port) → the HTTPRoute/GRPCRoute that routes it (those win)."""
+
+def _l4_backends(vs: VirtualService, destinations, routed: Service, port: int, resolver: Resolver) -> tuple[WeightedBackend, ...]:
+    return tuple(
+        resolver.backend(vs, d.destination, routed, port, 100 if len(destinations) == 1 else (d.weight or 0)) for d in destinations
+    )
+
+
+def _l4_routes(usable: list[VirtualService], service: Service, port, resolver: Resolver, waypoint_namespace: str) -> L4Routes | None:
+    """VirtualService `tls` routes (ports of protocol TLS/HTTPS: by SNI) or else `tcp` routes (the first that
+    applies to the port takes its connections), as Istio's waypoint builds its TCP filter chains."""
+    if port.protocol in ("TLS", "HTTPS"):
+        entries = []
+        for vs in usable:
+            for route in vs.spec.tls:
+                sni = tuple(h for m in route.match if _l4_match_applies(m, port.port, waypoint_namespace) for h in m.sni_hosts)
+                if sni:
+                    entries.append(L4RouteEntry(f"{vs.namespace}/{vs.name}", KIND, sni, _l4_backends(vs, route.route, service, port.port, resolver)))
+        if entries:
+            return L4Routes(service.key, port.port, "TLSRoute", tuple(entries))
+    for vs in usable:
+        for route in vs.spec.tcp:
+            if not route.match or any(_l4_match_applies(m, port.port, waypoint_namespace) for m in route.match):
+                entry = L4RouteEntry(f"{vs.namespace}/{vs.name}", KIND, (), _l4_backends(vs, route.route, service, port.port, resolver))
+                return L4Routes(service.key, port.port, "TCPRoute", (entry,))
+    return None
+
+
+def attach(
+    virtual_services: list[VirtualService], services: Mapping[str, Service], taken: Mapping[tuple[str, int], str],
+    taken_l4: Mapping[tuple[str, int], str] | None = None,
+) -> tuple[tuple[ServiceRoutes, ...], tuple[L4Routes, ...], tuple[ResourceStatus, ...]]:
+    """Route entries of the VirtualServices for each waypoint-served service port (HTTP and TCP/TLS), and
+    their statuses. `taken` / `taken_l4`: (service key, port) → the Gateway API route that routes it
+    (those win)."""
+    taken_l4 = taken_l4 or {}
+    l4_out: list[L4Routes] = []
     by_fqdn: dict[str, Service] = {}
     for s in services.values():
         by_fqdn.setdefault(s.fqdn, s)
@@ -358,7 +399,20 @@ def attach(
             else:
                 usable.append(vs)
         for sp in service.ports:
-            if not (sp.is_http or sp.protocol == "UNKNOWN") or not usable:
+            if not usable:
+                continue
+            if not (sp.is_http or sp.protocol == "UNKNOWN"):
+                l4 = _l4_routes(usable, service, sp, resolver, wp_ns)
+                if l4 is None:
+                    continue
+                route = taken_l4.get((service.key, sp.port))
+                if route is not None:
+                    for vs in usable:
+                        lost.setdefault(vs.key, []).append(f"{service.fqdn}:{sp.port} is routed by {route}, which takes precedence over a VirtualService")
+                    continue
+                l4_out.append(l4)
+                for route_name in sorted({e.route for e in l4.entries}):
+                    applied.setdefault((KIND, *route_name.split("/")), []).append(f"{service.fqdn}:{sp.port}")
                 continue
             route = taken.get((service.key, sp.port))
             if route is not None:
@@ -393,4 +447,4 @@ def attach(
         if conflicts:
             conditions.append(Condition("Conflicted", "True", "HTTPRouteTakesPrecedence", "; ".join(conflicts)))
         statuses.append(ResourceStatus(KIND, vs.namespace, vs.name, tuple(conditions)))
-    return tuple(out), tuple(statuses)
+    return tuple(out), tuple(l4_out), tuple(statuses)

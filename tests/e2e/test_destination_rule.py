@@ -1,0 +1,243 @@
+"""DestinationRule in a waypoint (issue 10; catalogue rows C42–C45), with real Envoy and real traffic.
+
+Local "external" servers stand in for the applications whose behaviour the rule changes: one that fails,
+one that speaks TLS only, one that expects a PROXY protocol header. They are ServiceEntry endpoints bound
+to the namespace's waypoint, as in Istio's egress-waypoint tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socketserver
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.manifests import ambient_with_waypoint
+
+pytestmark = pytest.mark.e2e
+
+BASE = f"127.254.{os.getpid() % 250 + 1}"
+GOOD, BAD, TLS, PROXY = f"{BASE}.1", f"{BASE}.2", f"{BASE}.3", f"{BASE}.4"
+
+
+def _entry(name: str, host: str, port: int, target: int, *addresses: str) -> str:
+    endpoints = ", ".join(f"{{address: {a}}}" for a in addresses)
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: dr, labels: {{istio.io/use-waypoint: waypoint}}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: {port}, name: http, protocol: HTTP, targetPort: {target}}}]
+  resolution: STATIC
+  endpoints: [{endpoints}]
+"""
+
+
+MESH = (
+    ambient_with_waypoint("dr")
+    + _entry("flaky", "flaky.example.com", 80, 8081, GOOD, BAD)
+    + _entry("retried", "retried.example.com", 80, 8082, GOOD, BAD)
+    + _entry("secure", "secure.example.com", 443, 8443, TLS)
+    + _entry("proxied", "proxied.example.com", 80, 8083, PROXY)
+    + """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hashed, namespace: dr}
+spec: {selector: {app: hashed}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hashed, namespace: dr}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: hashed}}
+  template: {metadata: {labels: {app: hashed}}, spec: {containers: [{name: c, image: waypost/echo, ports: [{containerPort: 8080}]}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: retried, namespace: dr}
+spec:
+  hosts: [retried.example.com]
+  http: [{retries: {attempts: 3, retryOn: "5xx"}, route: [{destination: {host: retried.example.com}}]}]
+"""
+)
+
+
+class Answer(BaseHTTPRequestHandler):
+    """200 with what the server saw, or 500 when the server is the bad one."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        bad = self.server.server_address[0] == BAD
+        body = json.dumps({"server": self.server.server_address[0], "path": self.path, "tls": isinstance(self.connection, ssl.SSLSocket)}).encode()
+        self.send_response(500 if bad else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class ProxyProtocolHandler(socketserver.StreamRequestHandler):
+    """An HTTP/1.1 server behind a load balancer: a PROXY v1 line must come first."""
+
+    def handle(self) -> None:
+        while True:
+            first = self.rfile.readline()
+            if not first:
+                return
+            proxy = ""
+            if first.startswith(b"PROXY "):
+                proxy = first.decode().strip()
+                first = self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            status, body = (200, json.dumps({"proxy": proxy})) if proxy or getattr(self, "_seen_proxy", False) else (400, "no PROXY header")
+            self._seen_proxy = bool(proxy) or getattr(self, "_seen_proxy", False)
+            self.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
+    """A CA and a server certificate for secure.example.com signed by it; and an unrelated CA."""
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool, san: str | None = None):
+        builder = (
+            x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, other_key, server_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    files = {
+        "ca.pem": pem(cert("test ca", ca_key, "test ca", ca_key, True)),
+        "other-ca.pem": pem(cert("other ca", other_key, "other ca", other_key, True)),
+        "server.pem": pem(cert("secure.example.com", server_key, "test ca", ca_key, False, "secure.example.com")),
+        "server-key.pem": server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    }
+    for file, data in files.items():
+        (directory / file).write_bytes(data)
+    return tuple(directory / f for f in ("ca.pem", "other-ca.pem", "server.pem", "server-key.pem"))  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("certs")
+    ca, other_ca, server_cert, server_key = _certificates(directory)
+    started = []
+    for address, port in ((GOOD, 8081), (BAD, 8081), (GOOD, 8082), (BAD, 8082)):
+        started.append(ThreadingHTTPServer((address, port), Answer))
+    secure = ThreadingHTTPServer((TLS, 8443), Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert, server_key)
+    secure.socket = context.wrap_socket(secure.socket, server_side=True)
+    started.append(secure)
+    proxied = socketserver.ThreadingTCPServer((PROXY, 8083), ProxyProtocolHandler)
+    proxied.daemon_threads = True
+    started.append(proxied)
+    for server in started:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"ca": ca, "other_ca": other_ca}
+    for server in started:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mesh(start_mesh_module, servers):
+    return start_mesh_module(MESH, name="dr")
+
+
+def _apply(mesh, tmp_path: Path, text: str) -> None:
+    file = tmp_path / f"dr-{time.monotonic_ns()}.yaml"
+    file.write_text(text)
+    mesh.cli("apply", "-f", str(file))
+
+
+def _rule(host: str, policy: str, name: str | None = None) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name or host.split('.')[0]}, namespace: dr}}
+spec:
+  host: {host}
+  trafficPolicy: {policy}
+"""
+
+
+def test_outlier_detection_ejects_the_failing_endpoint(mesh, tmp_path):
+    # Without a rule, requests alternate between the two endpoints: half of them fail (500 is not retried).
+    before = [mesh.request("dr/client", "http://flaky.example.com/").status for _ in range(20)]
+    assert before.count(500) >= 5, before
+    # maxEjectionPercent: Envoy's default (10 %) would never eject one of two endpoints (ejections_overflow).
+    _apply(mesh, tmp_path, _rule("flaky.example.com", "{outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}"))
+    after = [mesh.request("dr/client", "http://flaky.example.com/").status for _ in range(30)]
+    # The first 500 ejects the bad endpoint for a minute: at most that one request fails.
+    assert after.count(500) <= 1, after
+    assert after[-10:] == [200] * 10
+
+
+def test_virtual_service_retries_hide_a_failing_endpoint(mesh):
+    statuses = [mesh.request("dr/client", "http://retried.example.com/").status for _ in range(20)]
+    assert statuses == [200] * 20
+
+
+def test_tls_origination_simple_verifies_the_server(mesh, servers, tmp_path):
+    """C42: the client speaks plain HTTP; the waypoint originates TLS (SIMPLE) to a TLS-only server."""
+    # No rule: the waypoint speaks plain HTTP to a TLS server, which cannot answer it.
+    assert mesh.request("dr/client", "http://secure.example.com:443/").status in (502, 503)
+    policy = f"{{portLevelSettings: [{{port: {{number: 443}}, tls: {{mode: SIMPLE, caCertificates: {servers['ca']}, sni: secure.example.com}}}}]}}"
+    _apply(mesh, tmp_path, _rule("secure.example.com", policy))
+    r = mesh.request("dr/client", "http://secure.example.com:443/hello")
+    assert r.status == 200, r.body
+    assert json.loads(r.body) == {"server": TLS, "path": "/hello", "tls": True}
+    # A CA that did not sign the server's certificate: the handshake fails, nothing is sent (fail closed).
+    policy = f"{{tls: {{mode: SIMPLE, caCertificates: {servers['other_ca']}, sni: secure.example.com}}}}"
+    _apply(mesh, tmp_path, _rule("secure.example.com", policy))
+    assert mesh.request("dr/client", "http://secure.example.com:443/hello").status == 503
+
+
+def test_proxy_protocol_header_is_sent_upstream(mesh, tmp_path):
+    """C44: with proxyProtocol V1 the server first reads a PROXY line, then the request."""
+    assert mesh.request("dr/client", "http://proxied.example.com/").status == 400
+    _apply(mesh, tmp_path, _rule("proxied.example.com", "{proxyProtocol: {version: V1}}"))
+    r = mesh.request("dr/client", "http://proxied.example.com/")
+    assert r.status == 200, r.body
+    assert json.loads(r.body)["proxy"].startswith("PROXY TCP4 ")
+
+
+def test_consistent_hash_and_h2_upgrade(mesh, tmp_path):
+    """C43 (h2UpgradePolicy UPGRADE: the app sees HTTP/2) and consistentHash on a header."""
+    first = json.loads(mesh.request("dr/client", "http://hashed.dr/").body)
+    assert first["proto"] == "HTTP/1.1"
+    _apply(mesh, tmp_path, _rule("hashed", "{loadBalancer: {consistentHash: {httpHeaderName: x-user}}, connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}"))
+    pods_by_user: dict[str, set[str]] = {}
+    for user in (f"user-{i}" for i in range(12)):
+        for _ in range(4):
+            seen = json.loads(mesh.request("dr/client", "http://hashed.dr/", headers=[("x-user", user)]).body)
+            assert seen["proto"] == "HTTP/2.0"
+            pods_by_user.setdefault(user, set()).add(seen["pod"])
+    assert all(len(pods) == 1 for pods in pods_by_user.values()), pods_by_user  # one user, one pod
+    assert len(set().union(*pods_by_user.values())) == 2  # and users are spread over both pods
