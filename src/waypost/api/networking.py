@@ -7,6 +7,7 @@ identity and can be selected by Services, like a VM in a real mesh.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -70,8 +71,22 @@ class ServiceEntryPort(Model):
         return value
 
 
-# A ServiceEntry endpoint is a WorkloadEntry spec (istio/api: `repeated WorkloadEntry endpoints`).
-ServiceEntryEndpoint = WorkloadEntrySpec
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?$")
+
+
+class ServiceEntryEndpoint(WorkloadEntrySpec):
+    """A ServiceEntry endpoint (istio/api: `repeated WorkloadEntry endpoints`). With DNS resolution its
+    address may be a host name, which the proxies resolve (Envoy's STRICT_DNS or LOGICAL_DNS clusters);
+    the ServiceEntry's checks decide which form its resolution allows."""
+
+    @field_validator("address")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if _is_ip(value):
+            return WorkloadEntrySpec._loopback_address(value)
+        if not _DNS_NAME.match(value):
+            raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
+        return value
 
 
 class ServiceEntrySpec(Model):
@@ -98,8 +113,20 @@ class ServiceEntrySpec(Model):
     def _istio_validation(self) -> "ServiceEntrySpec":
         if self.endpoints and self.workload_selector:
             raise ValueError("only one of endpoints or workloadSelector may be set")
-        if self.resolution in ("DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS") and any(not _is_ip(e.address) for e in self.endpoints):
-            raise ValueError("DNS resolution of endpoint hostnames is not supported yet; give endpoints IP addresses")
+        # Istio's ValidateServiceEntry rules for each resolution.
+        if self.resolution == "DYNAMIC_DNS":
+            raise ValueError("DYNAMIC_DNS resolution (wildcard egress through Envoy's dynamic forward proxy) is not supported yet")
+        if self.resolution == "STATIC":
+            for e in self.endpoints:
+                if not _is_ip(e.address):
+                    raise ValueError(f"endpoint address {e.address!r} is not a valid IP address (resolution STATIC)")
+        if self.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+            if self.workload_selector:
+                raise ValueError(f"workloadSelector needs resolution STATIC, not {self.resolution}")
+            if not self.endpoints and any(h.startswith("*") for h in self.hosts):
+                raise ValueError("a wildcard host cannot be resolved: give endpoints, or use another resolution")
+            if self.resolution == "DNS_ROUND_ROBIN" and len(self.endpoints) > 1:
+                raise ValueError("there must only be 0 or 1 endpoint for resolution DNS_ROUND_ROBIN")
         if self.resolution == "NONE" and self.endpoints:
             raise ValueError("resolution NONE does not take endpoints")
         names = [p.name for p in self.ports]

@@ -235,6 +235,23 @@ def tunnel_endpoint(listener: str, destination: str, address: str, labels: dict[
     }
 
 
+def resolution(endpoints) -> str:
+    """The cluster type for these endpoints: STATIC, or the DNS type (STRICT_DNS / LOGICAL_DNS) of a
+    ServiceEntry whose endpoints are names the proxy resolves."""
+    for e in endpoints:
+        if e.resolve:
+            return e.resolve
+    return "STATIC"
+
+
+def direct_endpoint(address: str, port: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """An endpoint the proxy connects to itself, by IP or by a name it resolves (plain TCP, no tunnel)."""
+    out: dict[str, Any] = {"endpoint": {"address": socket_address(address, port)}}
+    if labels:
+        out["metadata"] = {"filter_metadata": {"istio": dict(labels)}}
+    return out
+
+
 def originate_listener(name: str, cluster: str, tunnel: bool, headers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Internal listener that forwards to the endpoint named in `tunnel` metadata, via HBONE or plain TCP."""
     if tunnel:

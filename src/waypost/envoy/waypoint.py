@@ -41,19 +41,27 @@ def served_workloads(snapshot: MeshSnapshot, waypoint: Waypoint) -> list[Workloa
 
 def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | None, snapshot: MeshSnapshot | None = None) -> dict[str, Any]:
     """A service-port cluster whose endpoints are reached over HBONE (or plaintext for non-mesh endpoints)."""
-    lb = [
-        c.tunnel_endpoint(CONNECT_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{c.HBONE_PORT}", _labels(snapshot, e))
-        if e.hbone
-        else c.tunnel_endpoint(PLAIN_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{e.port}", _labels(snapshot, e))
-        for e in endpoints
-    ]
+    kind = c.resolution(endpoints)
+    if kind != "STATIC":
+        # A DNS ServiceEntry: Envoy resolves the names and connects itself, in plaintext as to any
+        # endpoint outside the mesh (the internal upstream socket passes such connections through).
+        lb = [c.direct_endpoint(e.address, e.port, _labels(snapshot, e)) for e in endpoints]
+    else:
+        lb = [
+            c.tunnel_endpoint(CONNECT_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{c.HBONE_PORT}", _labels(snapshot, e))
+            if e.hbone
+            else c.tunnel_endpoint(PLAIN_ORIGINATE, f"{e.address}:{e.port}", f"{e.address}:{e.port}", _labels(snapshot, e))
+            for e in endpoints
+        ]
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC",
+        "type": kind,
         "connect_timeout": "5s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}] if lb else []},
         "transport_socket": c.internal_upstream(),
     }
+    if kind != "STATIC":
+        cluster["dns_lookup_family"] = "V4_ONLY"  # the local mesh is IPv4 loopback
     if http == "h2":
         cluster["typed_extension_protocol_options"] = c.http2_options()
     elif http == "auto":

@@ -84,6 +84,8 @@ def _service_cluster(service: Service, port: int) -> str:
 
 
 def _endpoints(listener_hbone: str, endpoints: tuple[Endpoint, ...]) -> list[dict[str, Any]]:
+    if c.resolution(endpoints) != "STATIC":
+        return [c.direct_endpoint(e.address, e.port) for e in endpoints]  # names Envoy resolves (DNS ServiceEntry)
     out = []
     for e in endpoints:
         if e.hbone:
@@ -235,18 +237,20 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                 # with the client's identity.
                 uses["balanced"] = True
                 name = _service_cluster(service, sp.port)
-                add_cluster(
-                    {
-                        "name": name,
-                        "type": "STATIC",
-                        "connect_timeout": "5s",
-                        "load_assignment": {
-                            "cluster_name": name,
-                            "endpoints": [{"lb_endpoints": _endpoints(ORIGINATE, endpoints)}] if endpoints else [],
-                        },
-                        "transport_socket": c.internal_upstream(),
-                    }
-                )
+                kind = c.resolution(endpoints)
+                balanced: dict[str, Any] = {
+                    "name": name,
+                    "type": kind,
+                    "connect_timeout": "5s",
+                    "load_assignment": {
+                        "cluster_name": name,
+                        "endpoints": [{"lb_endpoints": _endpoints(ORIGINATE, endpoints)}] if endpoints else [],
+                    },
+                    "transport_socket": c.internal_upstream(),
+                }
+                if kind != "STATIC":
+                    balanced["dns_lookup_family"] = "V4_ONLY"
+                add_cluster(balanced)
                 chains.append(
                     {
                         "name": f"{service.vip}:{sp.port}",
@@ -259,7 +263,8 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             add_cluster(
                 {
                     "name": plain,
-                    "type": "STATIC",
+                    "type": c.resolution(endpoints),
+                    **({"dns_lookup_family": "V4_ONLY"} if c.resolution(endpoints) != "STATIC" else {}),
                     "connect_timeout": "5s",
                     "load_assignment": {
                         "cluster_name": plain,

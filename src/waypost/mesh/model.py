@@ -141,6 +141,7 @@ class Endpoint:
     address: str  # pod IP (HBONE destination) or the WorkloadEntry address
     port: int  # resolved target port
     hbone: bool  # reachable through its node's ztunnel on address:15008
+    resolve: str = ""  # "" (an IP), or STRICT_DNS / LOGICAL_DNS: `address` is a name the proxy resolves
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Mapping, Sequence
 
 from waypost.api.core import Deployment, Pod, PodSpec, Service as ServiceResource
@@ -230,6 +231,8 @@ def service_entry_ports(entry) -> tuple[ServicePort, ...]:
 def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: list[Workload] | WorkloadIndex) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
     """STATIC/DNS endpoints (plain TCP to the address) or the workloads its workloadSelector picks."""
     out = []
+    # Istio's cluster types: DNS → STRICT_DNS (every address), DNS_ROUND_ROBIN → LOGICAL_DNS (the first).
+    resolve = {"DNS": "STRICT_DNS", "DNS_ROUND_ROBIN": "LOGICAL_DNS"}.get(entry.spec.resolution, "")
     selector = (entry.spec.workload_selector or {}).get("labels")
     index = workloads if isinstance(workloads, WorkloadIndex) else WorkloadIndex(workloads)
     selected = index.selected(entry.namespace, selector)
@@ -237,9 +240,22 @@ def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: li
         eps = []
         if entry.spec.resolution != "NONE":
             for i, ep in enumerate(entry.spec.endpoints):
-                eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{i}", ep.address, ep.ports.get(port.name, int(port.target_port)), hbone=False))
+                eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{i}", ep.address, ep.ports.get(port.name, int(port.target_port)), hbone=False,
+                                    resolve=resolve if not _is_ip(ep.address) else ""))
+            if resolve and not entry.spec.endpoints:
+                # DNS without endpoints: the proxies resolve the hosts themselves (Istio: one endpoint per host).
+                for host in entry.spec.hosts:
+                    eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{host}", host, int(port.target_port), hbone=False, resolve=resolve))
             for w in selected:
                 target = w.port_named(port.name) or int(port.target_port)
                 eps.append(Endpoint(w.key, w.address, target, hbone=w.captured and w.kind == "Pod"))
         out.append((port.port, tuple(sorted(eps, key=lambda e: (e.address, e.port)))))
     return tuple(out)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""ServiceEntry with DNS resolution (issue 10; catalogue rows C57, C62, C65): the proxies resolve the
+endpoint names themselves, with and without an egress waypoint.
+
+"External" here is a server of the test on 127.0.0.1, reached by the name `localhost`, which this machine
+resolves without a DNS server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.manifests import ambient_namespace, client, waypoint
+
+pytestmark = pytest.mark.e2e
+
+
+class Answer(BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        body = json.dumps({"path": self.path, "method": self.command, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def mesh_text(port: int) -> str:
+    return (
+        ambient_namespace("app")
+        + client("app")
+        # The egress waypoint lives in its own namespace and admits routes from every namespace (C59/C62).
+        + ambient_namespace("egress")
+        + waypoint("egress", "egress-gateway").replace(
+            "listeners: [{name: mesh, port: 15008, protocol: HBONE}]",
+            "listeners: [{name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: All}}}]",
+        )
+        + f"""
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: direct, namespace: app}}
+spec:
+  hosts: [direct.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS
+  endpoints: [{{address: localhost}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external
+  namespace: app
+  labels: {{istio.io/use-waypoint: egress-gateway, istio.io/use-waypoint-namespace: egress}}
+spec:
+  hosts: [fake-egress.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS_ROUND_ROBIN
+  endpoints: [{{address: localhost}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: by-host, namespace: app}}
+spec:
+  hosts: [localhost]
+  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: external, namespace: app}}
+spec:
+  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external}}]
+  rules:
+  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-egress, value: waypoint}}]}}}}]
+    backendRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external, port: 80}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: get-only, namespace: app}}
+spec:
+  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external}}]
+  rules: [{{to: [{{operation: {{methods: [GET]}}}}]}}]
+"""
+    )
+
+
+@pytest.fixture(scope="module")
+def mesh(start_mesh_module):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield start_mesh_module(mesh_text(server.server_address[1]), name="sedns")
+    finally:
+        server.shutdown()
+
+
+def test_dns_endpoint_without_waypoint_is_resolved_by_the_ztunnel(mesh):
+    r = mesh.request("app/client", "http://direct.example.com/x")
+    assert r.status == 200, r.body
+    seen = json.loads(r.body)
+    assert seen["path"] == "/x" and "x-egress" not in seen["headers"]  # L4 only: no waypoint on the way
+
+
+def test_dns_service_entry_through_a_cross_namespace_egress_waypoint(mesh):
+    """C62/C65: the ServiceEntry binds to a waypoint of another namespace; its route and policy apply."""
+    entry = next(s for s in mesh.state["services"] if s["name"] == "external")
+    assert entry["waypoint"] == "egress/egress-gateway"
+    r = mesh.request("app/client", "http://fake-egress.example.com/hello")
+    assert r.status == 200, r.body
+    assert json.loads(r.body)["headers"]["x-egress"] == "waypoint"  # L7: the waypoint's route ran
+    assert mesh.request("app/client", "http://fake-egress.example.com/hello", method="POST", body="x").status == 403
+
+
+def test_dns_without_endpoints_resolves_the_host_itself(mesh):
+    r = mesh.request("app/client", "http://localhost:8080/by-host")
+    assert r.status == 200, r.body
+    assert json.loads(r.body)["path"] == "/by-host"
