@@ -82,6 +82,27 @@ spec:
   - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-egress, value: waypoint}}]}}}}]
     backendRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external, port: 80}}]
 ---
+# Several hosts: one mesh service per host; a parentRef to the entry attaches to every host.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: multi
+  namespace: app
+  labels: {{istio.io/use-waypoint: egress-gateway, istio.io/use-waypoint-namespace: egress}}
+spec:
+  hosts: [a.multi.example, b.multi.example]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: DNS
+  endpoints: [{{address: localhost}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: multi, namespace: app}}
+spec:
+  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: multi}}]
+  rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-multi, value: "yes"}}]}}}}],
+            backendRefs: [{{group: networking.istio.io, kind: Hostname, name: b.multi.example, port: 80}}]}}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: get-only, namespace: app}}
@@ -123,3 +144,15 @@ def test_dns_without_endpoints_resolves_the_host_itself(mesh):
     r = mesh.request("app/client", "http://localhost:8080/by-host")
     assert r.status == 200, r.body
     assert json.loads(r.body)["path"] == "/by-host"
+
+
+def test_every_host_of_a_service_entry_gets_its_parent_routes(mesh):
+    """One mesh service per host, each with its own VIP; the route names the entry, so both hosts use it,
+    and its backendRef names one host (Istio's kind Hostname, C64)."""
+    hosts = {s["hostname"]: s["vip"] for s in mesh.state["services"] if s["name"] == "multi"}
+    assert set(hosts) == {"a.multi.example", "b.multi.example"} and len(set(hosts.values())) == 2
+    for host in hosts:
+        r = mesh.request("app/client", f"http://{host}/{host}")
+        assert r.status == 200, (host, r.body)
+        seen = json.loads(r.body)
+        assert seen["path"] == f"/{host}" and seen["headers"]["x-multi"] == "yes"

@@ -82,8 +82,10 @@ KNOWN_STRICTER: list[Difference] = [
     Difference("DestinationRule", r"spec(\..*)?", r"host|must|not supported|only one of|needs|cannot|duration|invalid|at least|duplicate|required|between|negative|subset|port|status code",
                "hosts, subsets, load balancing, pools, outlier detection and TLS are checked as istiod checks them",
                ISTIO_VALIDATION + " ValidateDestinationRule / validateTrafficPolicy / ValidateTLS"),
+    Difference("WorkloadGroup", r"spec\.(probe|template\.address|template\.ports)(\..*)?", r"not supported|must not be set|between",
+               "probes are refused (no health checks here); a template has no address; ports are checked", ISTIO_VALIDATION + " ValidateWorkloadGroup"),
     # -- the local mesh's own limits
-    Difference("ServiceEntry", r"spec\.hosts", r"at most 1 item", "one mesh service per ServiceEntry (several hosts: not yet)", "waypost networking.py"),
+    Difference("ServiceEntry", r"spec", r"addresses with several hosts", "on loopback each host needs a VIP of its own", "waypost networking.py"),
     Difference("ServiceEntry|WorkloadEntry", r"spec\.(addresses|address|endpoints\[\d+\]\.address)", r".*",
                "the local mesh runs on 127.0.0.0/8: addresses must be loopback IPs (no DNS names)", "waypost networking.py"),
     Difference("WorkloadEntry|ServiceEntry", r"spec(\.endpoints\[\d+\])?\.address", r"required field is missing",

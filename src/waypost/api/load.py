@@ -39,6 +39,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
         l4routes.TLSRoute,
         networking.WorkloadEntry,
         networking.ServiceEntry,
+        networking.WorkloadGroup,
         virtualservice.VirtualService,
         destinationrule.DestinationRule,
         security.AuthorizationPolicy,
@@ -55,7 +56,6 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
 # is not enforced would let through traffic the user meant to deny.
 NOT_SUPPORTED_YET: dict[tuple[str, str], str] = {
     ("networking.istio.io", "Sidecar"): "networking",
-    ("networking.istio.io", "WorkloadGroup"): "networking",
     ("gateway.networking.k8s.io", "UDPRoute"): "routing",
     ("gateway.networking.k8s.io", "BackendTLSPolicy"): "routing",
 }

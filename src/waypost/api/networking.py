@@ -1,4 +1,4 @@
-"""Istio networking kinds (networking.istio.io) implemented so far: WorkloadEntry.
+"""Istio networking kinds (networking.istio.io) implemented so far: WorkloadEntry, WorkloadGroup, ServiceEntry.
 
 A WorkloadEntry in the local mesh is a user's own process listening at a loopback address: it gets an
 identity and can be selected by Services, like a VM in a real mesh.
@@ -59,8 +59,8 @@ class WorkloadEntry(Resource):
 
 class ServiceEntryPort(Model):
     number: int = Field(ge=1, le=65535)
-    protocol: str | None = None
-    name: str
+    protocol: str | None = Field(default=None, max_length=256)
+    name: str = Field(max_length=256)
     target_port: int | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("name")
@@ -90,9 +90,9 @@ class ServiceEntryEndpoint(WorkloadEntrySpec):
 
 
 class ServiceEntrySpec(Model):
-    hosts: list[str] = Field(min_length=1, max_length=1)  # one mesh service per entry (several hosts: not yet)
+    hosts: list[str] = Field(min_length=1, max_length=256)  # one mesh service per host
     addresses: list[str] = Field(default_factory=list)
-    ports: list[ServiceEntryPort] = Field(default_factory=list)
+    ports: list[ServiceEntryPort] = Field(default_factory=list, max_length=256)
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
     resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] = "NONE"
     endpoints: list[ServiceEntryEndpoint] = Field(default_factory=list)
@@ -132,6 +132,16 @@ class ServiceEntrySpec(Model):
         names = [p.name for p in self.ports]
         if len(names) != len(set(names)):
             raise ValueError("ports: names must be unique")
+        if len(self.hosts) != len(set(self.hosts)):
+            raise ValueError("hosts: each host may appear once")
+        if "*" in self.hosts:
+            raise ValueError("hosts: hostname cannot be wildcard")
+        numbers = [p.number for p in self.ports]
+        if len(numbers) != len(set(numbers)):
+            raise ValueError("ports: port number cannot be duplicated")
+        if len(self.hosts) > 1 and self.addresses:
+            # Istio would give every host every address; on loopback each host needs a VIP of its own.
+            raise ValueError("addresses with several hosts: the local mesh gives each host its own address, so give one host per ServiceEntry")
         return self
 
 
@@ -148,3 +158,57 @@ class ServiceEntry(Resource):
     KIND: ClassVar[str] = "ServiceEntry"
     VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1", "v1alpha3")
     spec: ServiceEntrySpec
+
+
+class WorkloadGroupMetadata(Model):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class WorkloadGroupTemplate(Model):
+    """A WorkloadEntry without its address: what every member of the group shares."""
+
+    address: str | None = Field(default=None, max_length=256)
+    ports: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    network: str | None = Field(default=None, max_length=2048)
+    locality: str | None = Field(default=None, max_length=2048)
+    weight: int | None = Field(default=None, ge=0, le=4294967295)
+    service_account: str | None = Field(default=None, max_length=253)
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, value: dict[str, int]) -> dict[str, int]:
+        return WorkloadEntrySpec._port_range(value)
+
+    @field_validator("address")
+    @classmethod
+    def _no_address(cls, value: str | None) -> str | None:
+        # Istio's ValidateWorkloadGroup: each member brings its own address.
+        if value:
+            raise ValueError("address must not be set in a WorkloadGroup template: each WorkloadEntry of the group has its own")
+        return value
+
+
+class WorkloadGroupSpec(Model):
+    metadata: WorkloadGroupMetadata | None = None
+    template: WorkloadGroupTemplate
+    probe: dict | None = None
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, value: dict | None) -> dict | None:
+        if value is not None:
+            raise ValueError("probe is not supported yet: the local mesh does not health-check the members of a WorkloadGroup")
+        return value
+
+
+class WorkloadGroup(Resource):
+    """A template for WorkloadEntries. Istio creates an entry per VM that registers with the group and
+    marks it with the annotation `istio.io/autoRegistrationGroup`; in the local mesh the user writes those
+    entries, and waypost fills in what the group gives them (mesh.registry.group_member_fields)."""
+
+    GROUP: ClassVar[str] = ISTIO_NETWORKING_GROUP
+    KIND: ClassVar[str] = "WorkloadGroup"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v1", "v1beta1", "v1alpha3")
+    spec: WorkloadGroupSpec

@@ -25,6 +25,7 @@ KINDS: dict[str, tuple[tuple[str, ...], bool]] = {
     "TCPRoute": (("tcproute", "tcproutes"), True),
     "TLSRoute": (("tlsroute", "tlsroutes"), True),
     "WorkloadEntry": (("workloadentry", "workloadentries", "we"), True),
+    "WorkloadGroup": (("workloadgroup", "workloadgroups", "wg"), True),
     "ReferenceGrant": (("referencegrant", "referencegrants", "refgrant"), True),
     "ServiceEntry": (("serviceentry", "serviceentries", "se"), True),
     "VirtualService": (("virtualservice", "virtualservices", "vs"), True),

@@ -16,13 +16,13 @@ from waypost.api.l4routes import TCPRoute, TLSRoute
 from waypost.api.meshconfig import MESH_CONFIGMAP_KEY, MESH_CONFIGMAP_NAME, MESH_CONFIGMAP_NAMESPACE, MeshConfig, parse_mesh_config
 from waypost.api.meta import Resource
 from waypost.api.destinationrule import DestinationRule
-from waypost.api.networking import ServiceEntry, WorkloadEntry
+from waypost.api.networking import ServiceEntry, WorkloadEntry, WorkloadGroup
 from waypost.api.virtualservice import VirtualService
 from waypost.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 
 from . import l4routes, policies as authz, registry, routes as route_attachment, virtualservices, waypoints as binding
 from .addresses import AddressPlan
-from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, service_key
+from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, entry_host_key, service_key
 
 DEFAULT_NODE = "node-0"
 
@@ -201,8 +201,20 @@ def build(
             )
         )
     entry_ports: dict[str, dict[str, int]] = {}
+    groups = {(g.namespace, g.name): g for g in of(WorkloadGroup)}
+    members: dict[tuple[str, str], list[str]] = {}
     for entry in sorted(of(WorkloadEntry), key=lambda e: (e.namespace, e.name)):
-        labels, sa, ports = registry.entry_workload_fields(entry)
+        group_name = entry.metadata.annotations.get(registry.AUTO_REGISTRATION_GROUP)
+        group = groups.get((entry.namespace, group_name)) if group_name else None
+        if group is not None:
+            members.setdefault((entry.namespace, group_name), []).append(entry.name)
+        entry_conditions: list[Condition] = []
+        if group is None and group_name:
+            entry_conditions.append(Condition(
+                "Accepted", "False", "WorkloadGroupNotFound",
+                f"annotation {registry.AUTO_REGISTRATION_GROUP}: no WorkloadGroup {entry.namespace}/{group_name}; the entry is used as written",
+            ))
+        labels, sa, ports = registry.entry_workload_fields(entry, group)
         captured = binding.is_enrolled(ns_labels(entry.namespace), labels)
         entry_binding = resolve("WorkloadEntry", entry.namespace, labels) if captured else binding.Binding(None, None)
         workloads.append(
@@ -223,16 +235,23 @@ def build(
                 waypoint=entry_binding.waypoint,
             )
         )
-        entry_ports[f"{entry.namespace}/{entry.name}"] = dict(entry.spec.ports)
+        entry_ports[f"{entry.namespace}/{entry.name}"] = {p.name: p.port for p in ports}
         if entry_binding.condition is not None:
-            statuses.append(ResourceStatus("WorkloadEntry", entry.namespace, entry.name, (entry_binding.condition,)))
+            entry_conditions.append(entry_binding.condition)
+        if entry_conditions:
+            statuses.append(ResourceStatus("WorkloadEntry", entry.namespace, entry.name, tuple(entry_conditions)))
+
+    for (namespace, name), group in sorted(groups.items()):
+        names = members.get((namespace, name), [])
+        message = f"{len(names)} WorkloadEntries in the group" + (": " + ", ".join(names) if names else "")
+        statuses.append(ResourceStatus("WorkloadGroup", namespace, name, (Condition("Accepted", "True", "Accepted", message),)))
 
     # Services: VIPs, ports, endpoints and the service waypoint binding.
     service_resources = sorted(of(ServiceResource), key=lambda s: (s.namespace, s.name))
     entries = sorted(of(ServiceEntry), key=lambda e: (e.namespace, e.name))
     vips = _allocate(
         [f"{s.namespace}/{s.name}" for s in service_resources]
-        + [service_key("ServiceEntry", e.namespace, e.name) for e in entries if not e.spec.addresses],
+        + [entry_host_key(e.namespace, e.name, e.spec.hosts, i) for e in entries if not e.spec.addresses for i in range(len(e.spec.hosts))],
         previous, plan.vip, "svc",
     )
     services: dict[str, Service] = {}
@@ -252,19 +271,21 @@ def build(
         if service_binding.condition is not None:
             statuses.append(ResourceStatus("Service", svc.namespace, svc.name, (service_binding.condition,)))
     for entry in entries:
-        key = service_key("ServiceEntry", entry.namespace, entry.name)
         ports = registry.service_entry_ports(entry)
         entry_binding = resolve("Service", entry.namespace, entry.labels)
-        services[key] = Service(
-            namespace=entry.namespace,
-            name=entry.name,
-            vip=entry.spec.addresses[0].split("/")[0] if entry.spec.addresses else vips[key],
-            ports=ports,
-            waypoint=entry_binding.waypoint,
-            endpoints=registry.service_entry_endpoints(entry, ports, workload_index),
-            kind="ServiceEntry",
-            hostname=entry.spec.hosts[0],
-        )
+        for i, host in enumerate(entry.spec.hosts):  # one mesh service per host, as in Istio
+            key = entry_host_key(entry.namespace, entry.name, entry.spec.hosts, i)
+            services[key] = Service(
+                namespace=entry.namespace,
+                name=entry.name,
+                vip=entry.spec.addresses[0].split("/")[0] if entry.spec.addresses else vips[key],
+                ports=ports,
+                waypoint=entry_binding.waypoint,
+                endpoints=registry.service_entry_endpoints(entry, ports, workload_index, host if len(entry.spec.hosts) > 1 else None),
+                kind="ServiceEntry",
+                hostname=host,
+                key_suffix=f"/{host}" if i else "",
+            )
         if entry_binding.condition is not None:
             statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, (entry_binding.condition,)))
 
@@ -274,7 +295,7 @@ def build(
         waypoint_gateways,
         namespace_labels,
         {**{f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
-         **{service_key("ServiceEntry", e.namespace, e.name): dict(e.labels) for e in entries}},
+         **{entry_host_key(e.namespace, e.name, e.spec.hosts, i): dict(e.labels) for e in entries for i in range(len(e.spec.hosts))}},
         reuse.rule_memo if reuse is not None else None,
     )
     statuses.extend(route_statuses)

@@ -90,6 +90,28 @@ def sort_key(route: HTTPRoute, rule_index: int, match_index: int, match: HTTPRou
     )
 
 
+HOST_KEY = "\0host:"  # `services` key prefix of a lookup by host name (`WithHosts`)
+
+
+class WithHosts:
+    """Services by key, and by host name under `HOST_KEY + host` (backendRefs of kind Hostname)."""
+
+    __slots__ = ("_services", "_by_host")
+
+    def __init__(self, services: Mapping[str, Service]) -> None:
+        self._services = services
+        self._by_host: dict[str, Service] | None = None
+
+    def get(self, key: str, default=None):
+        if key.startswith(HOST_KEY):
+            if self._by_host is None:
+                self._by_host = {}
+                for s in self._services.values():
+                    self._by_host.setdefault(s.fqdn, s)
+            return self._by_host.get(key[len(HOST_KEY):], default)
+        return self._services.get(key, default)
+
+
 class BackendResolver:
     """Resolves backendRefs and mirror references to Services or ServiceEntries (mesh routes need no
     ReferenceGrant)."""
@@ -99,21 +121,35 @@ class BackendResolver:
 
     @staticmethod
     def supported(ref) -> bool:
-        return (ref.kind == "Service" and ref.group in ("", "core")) or (ref.kind == "ServiceEntry" and ref.group == "networking.istio.io")
+        return (ref.kind == "Service" and ref.group in ("", "core")) or (
+            ref.kind in ("ServiceEntry", "Hostname") and ref.group == "networking.istio.io"
+        )
+
+    def _lookup(self, ns: str, ref) -> Service | None:
+        if ref.kind == "Hostname":
+            # Istio's backendRef to a ServiceEntry host: `name` is the host (gateway conversion.go buildDestination).
+            return self.services.get(HOST_KEY + ref.name)
+        # kind ServiceEntry (waypost's shorthand): the entry's first host.
+        return self.services.get(service_key(ref.kind, ns, ref.name))
 
     def fqdn(self, route_ns: str, ref) -> str:
         """The backend's host name, which names its cluster (a ServiceEntry's host, or the Service FQDN)."""
         ns = ref.namespace or route_ns
-        service = self.services.get(service_key(ref.kind, ns, ref.name)) if self.supported(ref) else None
+        service = self._lookup(ns, ref) if self.supported(ref) else None
+        if service is None and ref.kind == "Hostname":
+            return ref.name
         return service.fqdn if service is not None else service_fqdn(ns, ref.name)
 
     def resolve(self, route_ns: str, ref) -> tuple[bool, Condition | None]:
         ns = ref.namespace or route_ns
         if not self.supported(ref):
             return False, Condition(RESOLVED_REFS, "False", "InvalidKind", f"referencing unsupported backendRef: group {ref.group!r} kind {ref.kind!r}")
-        service = self.services.get(service_key(ref.kind, ns, ref.name))
+        if ref.kind == "Hostname" and ref.namespace:
+            return False, Condition(RESOLVED_REFS, "False", "InvalidKind", "namespace may not be set with Hostname type")
+        service = self._lookup(ns, ref)
         if service is None:
-            return False, Condition(RESOLVED_REFS, "False", "BackendNotFound", f"backend({ref.name}.{ns}) not found")
+            what = ref.name if ref.kind == "Hostname" else f"{ref.name}.{ns}"
+            return False, Condition(RESOLVED_REFS, "False", "BackendNotFound", f"backend({what}) not found")
         if service.port(ref.port or 0) is None:
             return False, Condition(RESOLVED_REFS, "False", "BackendNotFound", f"backend({ref.name}.{ns}) has no port {ref.port}")
         return True, None

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from waypost.api.l4routes import TCPRoute, TLSRoute
 
-from .http import BackendResolver
+from .http import BackendResolver, WithHosts
 from .model import Condition, L4RouteEntry, L4Routes, ResourceStatus, Service, WeightedBackend
-from .model import service_key as key_of
-from .routes import ACCEPTED, RESOLVED_REFS, parent_text
+from .routes import ACCEPTED, RESOLVED_REFS, parent_text, services_by_name
 
 L4_KINDS = ("TLSRoute", "TCPRoute")
 
@@ -35,7 +34,8 @@ def _ports(ref, service: Service) -> list[int]:
 def attach(
     routes: list[TCPRoute | TLSRoute], services: Mapping[str, Service], http_ports: set[tuple[str, int]]
 ) -> tuple[tuple[L4Routes, ...], tuple[ResourceStatus, ...]]:
-    resolver = BackendResolver(services)
+    resolver = BackendResolver(WithHosts(services))
+    named = services_by_name(services)
     collected: dict[tuple[str, int, str], list[tuple[tuple, L4RouteEntry]]] = {}
     claims: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}
     statuses: list[ResourceStatus] = []
@@ -58,19 +58,21 @@ def attach(
                 if ref.kind != "Gateway":
                     parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            service = services.get(key_of(ref.kind, ns, ref.name))
-            if service is None:
+            hosts = named.get((ref.kind, ns, ref.name), [])  # a ServiceEntry: every host
+            if not hosts:
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent service: "{ref.name}" not found'),)))
                 continue
-            ports = _ports(ref, service)
-            if not ports:
+            targets = [(service, _ports(ref, service)) for service in hosts]
+            targets = [(service, ports) for service, ports in targets if ports]
+            if not targets:
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching TCP port"),)))
                 continue
             parents.append((text, (Condition(ACCEPTED, "True", "Accepted", "Route was valid"), resolved)))
             key = (route.metadata.creation_timestamp or "", route.namespace, route.name)
-            for port in ports:
-                collected.setdefault((service.key, port, route.KIND), []).append((key, entry))
-            claims[(route.KIND, route.namespace, route.name, text)] = [(service.key, p) for p in ports]
+            for service, ports in targets:
+                for port in ports:
+                    collected.setdefault((service.key, port, route.KIND), []).append((key, entry))
+            claims[(route.KIND, route.namespace, route.name, text)] = [(service.key, p) for service, ports in targets for p in ports]
         statuses.append(ResourceStatus(route.KIND, route.namespace, route.name, (), tuple(parents)))
 
     winners: dict[tuple[str, int], str] = {}

@@ -25,6 +25,13 @@ def service_key(kind: str, namespace: str, name: str) -> str:
     return f"{namespace}/{name}" if kind == "Service" else f"{namespace}/{kind}/{name}"
 
 
+def entry_host_key(namespace: str, name: str, hosts: list[str] | tuple[str, ...], index: int) -> str:
+    """The key of a ServiceEntry's index-th host: one mesh service per host (Istio's model), the first keyed
+    like the entry itself, the others `ns/ServiceEntry/name/host`."""
+    key = service_key("ServiceEntry", namespace, name)
+    return key if index == 0 else f"{key}/{hosts[index]}"
+
+
 def service_fqdn(namespace: str, name: str) -> str:
     return f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"
 
@@ -154,10 +161,11 @@ class Service:
     endpoints: tuple[tuple[int, tuple[Endpoint, ...]], ...]  # service port -> endpoints
     kind: str = "Service"  # or "ServiceEntry"
     hostname: str | None = None  # a ServiceEntry's host
+    key_suffix: str = ""  # "/host" for a ServiceEntry's second and later hosts (`entry_host_key`)
 
     @property
     def key(self) -> str:
-        return service_key(self.kind, self.namespace, self.name)
+        return service_key(self.kind, self.namespace, self.name) + self.key_suffix
 
     @property
     def fqdn(self) -> str:

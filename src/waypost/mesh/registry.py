@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 
 from waypost.api.core import Deployment, Pod, PodSpec, Service as ServiceResource
-from waypost.api.networking import WorkloadEntry
+from waypost.api.networking import WorkloadEntry, WorkloadGroup
 
 from .model import Endpoint, ServicePort, Workload, WorkloadPort
 
@@ -211,11 +211,28 @@ def pods_of(resources_pods: list[Pod], deployments: list[Deployment]):
     return sorted(out, key=lambda p: (p[0], p[1]))
 
 
-def entry_workload_fields(entry: WorkloadEntry) -> tuple[dict[str, str], str, tuple[WorkloadPort, ...]]:
-    labels = dict(entry.labels)
+AUTO_REGISTRATION_GROUP = "istio.io/autoRegistrationGroup"
+
+
+def entry_workload_fields(entry: WorkloadEntry, group: WorkloadGroup | None = None) -> tuple[dict[str, str], str, tuple[WorkloadPort, ...]]:
+    """Labels, service account and ports of a WorkloadEntry; a member of a WorkloadGroup (annotation
+    `istio.io/autoRegistrationGroup`) takes what it does not set itself from the group, as Istio's
+    auto-registration builds the entry (pilot/pkg/autoregistration workloadEntryFromGroup): labels are
+    the template's, overlaid by the group metadata's, overlaid by the entry's own."""
+    labels: dict[str, str] = {}
+    ports: dict[str, int] = {}
+    account = None
+    if group is not None:
+        labels.update(group.spec.template.labels)
+        if group.spec.metadata is not None:
+            labels.update(group.spec.metadata.labels)
+        ports.update(group.spec.template.ports)
+        account = group.spec.template.service_account
+    labels.update(entry.labels)
     labels.update(entry.spec.labels)
-    ports = tuple(WorkloadPort(n, p) for n, p in sorted(entry.spec.ports.items(), key=lambda kv: kv[1]))
-    return labels, entry.spec.service_account or "default", ports
+    ports.update(entry.spec.ports)
+    ordered = tuple(WorkloadPort(n, p) for n, p in sorted(ports.items(), key=lambda kv: kv[1]))
+    return labels, entry.spec.service_account or account or "default", ordered
 
 
 def service_entry_ports(entry) -> tuple[ServicePort, ...]:
@@ -228,7 +245,7 @@ def service_entry_ports(entry) -> tuple[ServicePort, ...]:
     return tuple(out)
 
 
-def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: list[Workload] | WorkloadIndex) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
+def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: list[Workload] | WorkloadIndex, host: str | None = None) -> tuple[tuple[int, tuple[Endpoint, ...]], ...]:
     """STATIC/DNS endpoints (plain TCP to the address) or the workloads its workloadSelector picks."""
     out = []
     # Istio's cluster types: DNS → STRICT_DNS (every address), DNS_ROUND_ROBIN → LOGICAL_DNS (the first).
@@ -244,8 +261,8 @@ def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: li
                                     resolve=resolve if not _is_ip(ep.address) else ""))
             if resolve and not entry.spec.endpoints:
                 # DNS without endpoints: the proxies resolve the hosts themselves (Istio: one endpoint per host).
-                for host in entry.spec.hosts:
-                    eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{host}", host, int(port.target_port), hbone=False, resolve=resolve))
+                for name in [host] if host else entry.spec.hosts:
+                    eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{name}", name, int(port.target_port), hbone=False, resolve=resolve))
             for w in selected:
                 target = w.port_named(port.name) or int(port.target_port)
                 eps.append(Endpoint(w.key, w.address, target, hbone=w.captured and w.kind == "Pod"))

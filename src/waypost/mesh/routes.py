@@ -25,9 +25,8 @@ from waypost.api.grpcroute import GRPCRoute
 from waypost.api.httproute import HTTPRoute, ParentReference
 
 from . import grpc, http
-from .http import BackendResolver
+from .http import BackendResolver, WithHosts
 from .model import Condition, HTTPRouteEntry, ResourceStatus, Service, ServiceRoutes, WaypointRef
-from .model import service_key as key_of
 from .waypoints import USE_WAYPOINT
 
 ACCEPTED = "Accepted"
@@ -44,6 +43,15 @@ def parent_text(ref: ParentReference, route_ns: str) -> str:
     if ref.section_name:
         text += f"#{ref.section_name}"
     return text
+
+
+def services_by_name(services: Mapping[str, Service]) -> dict[tuple[str, str, str], list[Service]]:
+    """(kind, namespace, name) → the mesh services of that resource: one for a Service, one per host for a
+    ServiceEntry (a parentRef or targetRef names the resource, so it means every host)."""
+    out: dict[tuple[str, str, str], list[Service]] = {}
+    for service in services.values():
+        out.setdefault((service.kind, service.namespace, service.name), []).append(service)
+    return out
 
 
 def _is_service_ref(ref: ParentReference) -> bool:
@@ -126,8 +134,10 @@ def attach(
     by_waypoint: dict[tuple[WaypointRef, str], dict[str | None, list]] = {}
     statuses: list[ResourceStatus] = []
     claims: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}  # (kind, ns, name, parent) -> ports
+    lookup = WithHosts(services)
+    named = services_by_name(services)
     for route in routes:
-        results, looked = _rule_results(route, services, memo)
+        results, looked = _rule_results(route, lookup, memo)
         new_memo[id(route)] = (route, results, looked)
         valid = [r for r in results if r.invalid is None]
         dropped = [(i, r.invalid) for i, r in enumerate(results) if r.invalid is not None]
@@ -160,15 +170,17 @@ def attach(
             if not _is_service_ref(ref):
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            service = services.get(key_of(ref.kind, ns, ref.name))
-            if service is None:
+            hosts = named.get((ref.kind, ns, ref.name), [])  # a ServiceEntry: one mesh service per host
+            if not hosts:
                 what = "service" if ref.kind == "Service" else "serviceentry"
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent {what}: "{ref.name}" not found'),)))
                 continue
-            ports = _ports_of_parent(ref, service)
-            if not ports:
+            targets = [(service, _ports_of_parent(ref, service)) for service in hosts]
+            targets = [(service, ports) for service, ports in targets if ports]
+            if not targets:
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching HTTP port"),)))
                 continue
+            service = targets[0][0]
             labelled = service.waypoint is not None or USE_WAYPOINT in service_labels.get(service.key, {}) or USE_WAYPOINT in namespace_labels.get(ns, {})
             waypoints_condition = Condition(
                 RESOLVED_WAYPOINTS,
@@ -181,13 +193,16 @@ def attach(
             parents.append((text, (accepted, resolved, waypoints_condition, *extra)))
             if not valid:
                 continue
-            producer = route.namespace == service.namespace or (
-                service.waypoint is not None and route.namespace == service.waypoint.namespace
-            )
-            group = None if producer else route.namespace
-            for port in ports:
-                by_service.setdefault((service.key, port, route.KIND), {}).setdefault(group, []).extend(entries)
-            claims[(route.KIND, route.namespace, route.name, text)] = [(service.key, port) for port in ports]
+            claimed = []
+            for service, ports in targets:
+                producer = route.namespace == service.namespace or (
+                    service.waypoint is not None and route.namespace == service.waypoint.namespace
+                )
+                group = None if producer else route.namespace
+                for port in ports:
+                    by_service.setdefault((service.key, port, route.KIND), {}).setdefault(group, []).extend(entries)
+                claimed += [(service.key, port) for port in ports]
+            claims[(route.KIND, route.namespace, route.name, text)] = claimed
         statuses.append(ResourceStatus(route.KIND, route.namespace, route.name, (), tuple(parents)))
 
     # Waypoint-attached routes fill in, per group, where no Service-attached route of that group exists.
