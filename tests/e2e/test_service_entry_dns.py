@@ -103,6 +103,34 @@ spec:
   rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-multi, value: "yes"}}]}}}}],
             backendRefs: [{{group: networking.istio.io, kind: Hostname, name: b.multi.example, port: 80}}]}}]
 ---
+# DYNAMIC_DNS (C66-C68): the waypoint resolves the name each request's Host header gives.
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: wild
+  namespace: app
+  labels: {{istio.io/use-waypoint: egress-gateway, istio.io/use-waypoint-namespace: egress}}
+spec:
+  hosts: ["*.localhost"]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: DYNAMIC_DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: wild, namespace: app}}
+spec:
+  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: wild}}]
+  rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-wild, value: "yes"}}]}}}}],
+            backendRefs: [{{group: networking.istio.io, kind: Hostname, name: "*.localhost", port: {port}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: unserved, namespace: app}}
+spec:
+  hosts: ["*.unserved.example"]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DYNAMIC_DNS
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: get-only, namespace: app}}
@@ -114,13 +142,16 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def mesh(start_mesh_module):
+def server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield start_mesh_module(mesh_text(server.server_address[1]), name="sedns")
-    finally:
-        server.shutdown()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mesh(start_mesh_module, server):
+    return start_mesh_module(mesh_text(server), name="sedns")
 
 
 def test_dns_endpoint_without_waypoint_is_resolved_by_the_ztunnel(mesh):
@@ -156,3 +187,21 @@ def test_every_host_of_a_service_entry_gets_its_parent_routes(mesh):
         assert r.status == 200, (host, r.body)
         seen = json.loads(r.body)
         assert seen["path"] == f"/{host}" and seen["headers"]["x-multi"] == "yes"
+
+
+def test_dynamic_dns_resolves_the_requested_host_in_the_waypoint(mesh, server):
+    """C66-C68: any name the wildcard matches is resolved per request (c-ares answers *.localhost with
+    127.0.0.1, RFC 6761); the waypoint's route applies; a Host outside the wildcard gets 404."""
+    for name in ("one.localhost", "two.three.localhost"):
+        r = mesh.request("app/client", f"http://{name}:{server}/dyn")
+        assert r.status == 200, (name, r.body)
+        seen = json.loads(r.body)
+        assert seen["path"] == "/dyn" and seen["headers"]["x-wild"] == "yes" and seen["headers"]["host"] == f"{name}:{server}"
+    outside = mesh.request("app/client", f"http://one.localhost:{server}/dyn", headers=[("Host", f"evil.example:{server}")])
+    assert outside.status == 404
+
+
+def test_a_wildcard_entry_without_waypoint_says_so(mesh):
+    status = next(c for c in mesh.state["conditions"] if c["kind"] == "ServiceEntry" and c["name"] == "unserved")
+    missing = next(c for c in status["conditions"] if c["type"] == "istio.io/WaypointMissing")
+    assert (missing["status"], missing["reason"]) == ("True", "NoWaypointForWildcardService")

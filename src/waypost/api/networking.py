@@ -115,7 +115,14 @@ class ServiceEntrySpec(Model):
             raise ValueError("only one of endpoints or workloadSelector may be set")
         # Istio's ValidateServiceEntry rules for each resolution.
         if self.resolution == "DYNAMIC_DNS":
-            raise ValueError("DYNAMIC_DNS resolution (wildcard egress through Envoy's dynamic forward proxy) is not supported yet")
+            # Resolved per request from the Host header, by the waypoint's dynamic forward proxy.
+            if self.endpoints or self.workload_selector:
+                raise ValueError("no endpoints should be provided for resolution type DYNAMIC_DNS")
+            if any(not h.startswith("*.") for h in self.hosts):
+                raise ValueError("DYNAMIC_DNS resolves the names a wildcard host (*.domain) matches: every host must be a wildcard")
+            for p in self.ports:
+                if (p.protocol or "").upper() not in ("HTTP", ""):
+                    raise ValueError(f"ports: {p.name}: DYNAMIC_DNS supports HTTP ports only ({p.protocol} is not supported yet)")
         if self.resolution == "STATIC":
             for e in self.endpoints:
                 if not _is_ip(e.address):

@@ -353,8 +353,11 @@ def route_configuration(
         rule = snapshot.destination_rule(backend.service, proxy_namespace, target.namespace)
         return destination.hash_policy(rule, backend.port, backend.subset) if rule is not None else None
 
+    # A DYNAMIC_DNS ServiceEntry forwards to whatever the Host header names: only hosts its wildcard
+    # matches are routed, others get 404 (Istio's buildRouteVHostDomains, against Host header injection).
+    domains = [service.fqdn, f"{service.fqdn}:{port.port}"] if service.dynamic_dns else ["*"]
     if attached is None or not attached.entries:
-        config = default_route_config(name, default_cluster)
+        config = default_route_config(name, default_cluster, domains)
         own = destination.hash_policy(snapshot.destination_rule(service.fqdn, proxy_namespace, service.namespace), port.port)
         if own:
             route0 = config["virtual_hosts"][0]["routes"][0]
@@ -375,7 +378,7 @@ def route_configuration(
     routes.extend(route(e, hashing) for e in attached.producers)
     if not attached.producers:
         routes.append(_default_route(default_cluster))
-    config = {"name": name, "validate_clusters": False, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]}
+    config = {"name": name, "validate_clusters": False, "virtual_hosts": [{"name": name, "domains": domains, "routes": routes}]}
     return config, needed_clusters(attached.entries)
 
 
@@ -383,9 +386,9 @@ def _default_route(cluster: str) -> dict[str, Any]:
     return {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s", "retry_policy": DEFAULT_RETRY}}
 
 
-def default_route_config(name: str, cluster: str) -> dict[str, Any]:
+def default_route_config(name: str, cluster: str, domains: list[str] | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "validate_clusters": False,
-        "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [_default_route(cluster)]}],
+        "virtual_hosts": [{"name": name, "domains": domains or ["*"], "routes": [_default_route(cluster)]}],
     }

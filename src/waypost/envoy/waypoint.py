@@ -69,13 +69,38 @@ def endpoint_cluster(name: str, endpoints: tuple[Endpoint, ...], http: str | Non
     return cluster
 
 
+T_DFP_FILTER = "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
+T_DFP_CLUSTER = "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
+
+
+def _dns_cache(service: Service) -> dict[str, Any]:
+    # The filter and the cluster must name the same cache (Envoy shares caches by name), as Istio's
+    # BuildDNSCacheName does per host.
+    return {"name": f"dynamic_forward_proxy_cache_{service.fqdn}", "dns_lookup_family": "V4_ONLY"}
+
+
+def dfp_filter(service: Service) -> dict[str, Any]:
+    """A DYNAMIC_DNS ServiceEntry's chain resolves each request's host (Istio's BuildWaypointInboundDFPFilter)."""
+    return {"name": "envoy.filters.http.dynamic_forward_proxy", "typed_config": {"@type": T_DFP_FILTER, "dns_cache_config": _dns_cache(service)}}
+
+
+def dfp_cluster(name: str, service: Service) -> dict[str, Any]:
+    """Connects to the host the request names, resolved on demand (Istio's buildDFPCluster); plain TCP."""
+    return {
+        "name": name,
+        "connect_timeout": "5s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy", "typed_config": {"@type": T_DFP_CLUSTER, "dns_cache_config": _dns_cache(service)}},
+    }
+
+
 def _labels(snapshot: MeshSnapshot | None, endpoint: Endpoint) -> dict[str, str] | None:
     return telemetry.endpoint_metadata(snapshot, endpoint) if snapshot is not None else None
 
 
 def _hcm(
     stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None,
-    late: list[dict[str, Any]] | None = None, grpc: bool = False, fault: bool = False,
+    late: list[dict[str, Any]] | None = None, grpc: bool = False, fault: bool = False, dfp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An HCM with the authn/authz filters first, then CORS, then `late` (STATS/UNSPECIFIED extensions).
 
@@ -104,6 +129,7 @@ def _hcm(
                 {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
                 *(late or []),
                 *(telemetry.http_filters() if grpc else []),
+                *([dfp] if dfp else []),
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
             ],
         },
@@ -258,6 +284,9 @@ def _service_routes_section(snapshot: MeshSnapshot, service: Service) -> Section
         for backend, port, subset in backend_clusters:
             backend_service = snapshot.service_by_fqdn(backend)
             assert backend_service is not None  # routing only names existing backends here
+            if backend_service.dynamic_dns:
+                out.add_cluster(dfp_cluster(f"outbound|{port}|{subset}|{backend}", backend_service))  # resolved per request
+                continue
             rule = snapshot.destination_rule(backend, proxy_namespace, backend_service.namespace)
             chosen = destination.subset_of(rule, subset) if subset else None
             if subset and chosen is None:
@@ -298,7 +327,9 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
         tcp_cluster = add_cluster(destination.apply(endpoint_cluster(f"inbound-vip|{sp.port}|tcp|{service.fqdn}", endpoints, None, snapshot), rule, sp.port))
         route_name = f"{service.fqdn}:{sp.port}"
         match = {"prefix_ranges": [c.host_prefix(service.vip)], "destination_port": sp.port}
-        if sp.protocol in HTTP_PORTS:
+        if service.dynamic_dns:
+            add_cluster(dfp_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", service))
+        elif sp.protocol in HTTP_PORTS:
             add_cluster(destination.apply(endpoint_cluster(f"inbound-vip|{sp.port}|http|{service.fqdn}", endpoints, http, snapshot), rule, sp.port))
         l4 = snapshot.l4routes_for(service.key, sp.port)
         if l4 is not None:
@@ -314,7 +345,8 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
                 match,
                 sp.protocol,
                 _hcm(f"inbound_{service.namespace}_{service.name}_{sp.port}", {"rds": {"route_config_name": route_name, "config_source": c.ADS}}, http_authz, telemetry.http_access_log("waypoint", service, _protocol(snapshot, service, sp), observed, snapshot.mesh_config), http_late,
-                    grpc=_protocol(snapshot, service, sp) == "grpc", fault=snapshot.port_has_fault(service.key, sp.port)),
+                    grpc=_protocol(snapshot, service, sp) == "grpc", fault=snapshot.port_has_fault(service.key, sp.port),
+                    dfp=dfp_filter(service) if service.dynamic_dns else None),
                 tcp_authz + [c.tcp_proxy(f"inbound_{service.namespace}_{service.name}_{sp.port}", tcp_cluster, telemetry.tcp_access_log("waypoint", service, chain=observed, mesh=snapshot.mesh_config))],
             )
         )

@@ -60,6 +60,10 @@ def resolve_host(state: dict[str, Any], host: str, client_namespace: str) -> str
     for s in state.get("services", []):
         if s.get("kind") == "ServiceEntry" and s.get("hostname") == name:
             return s["vip"]  # a ServiceEntry host resolves everywhere, as Istio's DNS proxy answers it
+    wildcards = [s for s in state.get("services", []) if s.get("kind") == "ServiceEntry" and (s.get("hostname") or "").startswith("*.")
+                 and name.endswith(s["hostname"][1:])]
+    if wildcards:  # the most specific wildcard host (*.a.example before *.example)
+        return max(wildcards, key=lambda s: len(s["hostname"]))["vip"]
     suffix = ".svc.cluster.local"
     if name.endswith(suffix):
         name = name[: -len(suffix)]

@@ -285,9 +285,15 @@ def build(
                 kind="ServiceEntry",
                 hostname=host,
                 key_suffix=f"/{host}" if i else "",
+                resolution=entry.spec.resolution,
             )
-        if entry_binding.condition is not None:
-            statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, (entry_binding.condition,)))
+        entry_conditions = [entry_binding.condition] if entry_binding.condition is not None else []
+        if entry_binding.waypoint is None and any(h.startswith("*") for h in entry.spec.hosts):
+            # Istio's status for a wildcard entry nobody can serve (only a waypoint resolves per request).
+            entry_conditions.append(Condition("istio.io/WaypointMissing", "True", "NoWaypointForWildcardService",
+                                              "a wildcard ServiceEntry needs a waypoint: bind it with istio.io/use-waypoint"))
+        if entry_conditions:
+            statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, tuple(entry_conditions)))
 
     routes, route_statuses, rule_memo = route_attachment.attach(
         sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),

@@ -162,6 +162,7 @@ class Service:
     kind: str = "Service"  # or "ServiceEntry"
     hostname: str | None = None  # a ServiceEntry's host
     key_suffix: str = ""  # "/host" for a ServiceEntry's second and later hosts (`entry_host_key`)
+    resolution: str = ""  # a ServiceEntry's resolution; DYNAMIC_DNS: the waypoint resolves each request's host
 
     @property
     def key(self) -> str:
@@ -170,6 +171,10 @@ class Service:
     @property
     def fqdn(self) -> str:
         return self.hostname or service_fqdn(self.namespace, self.name)
+
+    @property
+    def dynamic_dns(self) -> bool:
+        return self.resolution == "DYNAMIC_DNS"
 
     def endpoints_for(self, port: int) -> tuple[Endpoint, ...]:
         for p, eps in self.endpoints:
