@@ -23,6 +23,7 @@ EXPECTED_CODES = {
     "custom_provider_unusable": "WPT0007",
     "custom_at_ztunnel": "WPT0008",
     "mixed_routing": "WPT0009",
+    "virtualservice_unknown_destination": "IST0101",
 }
 
 

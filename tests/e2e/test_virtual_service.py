@@ -210,6 +210,9 @@ def test_mirror_copies_requests_to_the_mirror_host(mesh, sink):
 
 def test_a_subset_no_destination_rule_defines_gets_503(mesh):
     assert mesh.request("vs/client", "http://reviews.vs/nosubset").status == 503
+    out = mesh.cli("get", "virtualservice", "reviews", "-n", "vs", "-o", "json")
+    refs = next(c for c in json.loads(out.stdout)["status"]["conditions"] if c["type"] == "ResolvedRefs")
+    assert refs["status"] == "False" and "subset v9 of host reviews.vs.svc.cluster.local" in refs["message"]
 
 
 def test_status_says_what_the_waypoint_applies(mesh):

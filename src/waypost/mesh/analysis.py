@@ -88,7 +88,9 @@ def analyze(resources: list[Resource], snapshot: MeshSnapshot, refused: Sequence
                 elif c.type == "ResolvedWaypoints" and "label missing" in c.message:
                     out.append(_finding("Warning", "WPT0004", r, f"{parent} has no waypoint, so ambient clients ignore this route; label the Service or its namespace with istio.io/use-waypoint"))
         for c in status.conditions:
-            if c.type == "istio.io/WaypointBound" and c.status == "False":
+            if status.kind == "VirtualService" and c.type == "ResolvedRefs" and c.status == "False":
+                out.append(_finding("Error", "IST0101", r, f"Referenced destination {c.message}"))
+            elif c.type == "istio.io/WaypointBound" and c.status == "False":
                 code, level = ("IST0101", "Error") if c.reason == "WaypointIsNotReady" else ("WPT0005", "Warning")
                 out.append(_finding(level, code, r, f"{c.message}; traffic to it flows without a waypoint (L4 only)"))
             elif c.type == "WaypointAccepted" and c.status == "False":

@@ -20,6 +20,7 @@ from waypost.api.networking import ServiceEntry, WorkloadEntry, WorkloadGroup
 from waypost.api.virtualservice import VirtualService
 from waypost.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 
+from .destinations import DestinationRuleIndex
 from . import l4routes, policies as authz, registry, routes as route_attachment, virtualservices, waypoints as binding
 from .addresses import AddressPlan
 from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, entry_host_key, service_key
@@ -311,11 +312,13 @@ def build(
         {(r.service, r.port) for r in routes},
     )
     statuses.extend(l4_statuses)
+    destination_rules = tuple(sorted(of(DestinationRule), key=lambda d: (d.metadata.creation_timestamp or "", d.namespace, d.name)))
     # VirtualServices route the service ports no Gateway API route routes (waypost's mixing rule).
     vs_routes, vs_l4, vs_statuses = virtualservices.attach(
         of(VirtualService), services,
         {(r.service, r.port): f"{r.entries[0].kind} {r.entries[0].route}" for r in routes if r.entries},
         {(r.service, r.port): f"{r.kind} {r.entries[0].route}" for r in l4 if r.entries},
+        DestinationRuleIndex(destination_rules, root_namespace),
     )
     routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
     l4 = tuple(sorted((*l4, *vs_l4), key=lambda r: (r.service, r.port)))
@@ -345,7 +348,7 @@ def build(
         telemetries=tuple(telemetries),
         envoy_filters=tuple(sorted(of(EnvoyFilter), key=lambda f: (f.namespace, f.name))),
         # Istio's conflict rule for PeerAuthentications of one scope: the oldest wins.
-        destination_rules=tuple(sorted(of(DestinationRule), key=lambda d: (d.metadata.creation_timestamp or "", d.namespace, d.name))),
+        destination_rules=destination_rules,
         peer_authentications=tuple(sorted(of(PeerAuthentication), key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name))),
         mesh_config=mesh,
         rule_memo=rule_memo,

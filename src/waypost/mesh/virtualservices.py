@@ -362,14 +362,30 @@ def _l4_routes(usable: list[VirtualService], service: Service, port, resolver: R
     return None
 
 
+def _unresolved(backends, by_fqdn: Mapping[str, Service], rules, waypoint_namespace: str) -> list[str]:
+    """Destinations that name no service, or a subset no DestinationRule defines (Istio's analyzers
+    report both as IST0101; the route's share of requests gets 503)."""
+    out = []
+    for b in backends:
+        target = by_fqdn.get(b.service)
+        if target is None:
+            out.append(f"host {b.service}")
+        elif b.subset and rules is not None:
+            rule = rules.lookup(b.service, waypoint_namespace, target.namespace)
+            if rule is None or all(s.name != b.subset for s in rule.subsets):
+                out.append(f"subset {b.subset} of host {b.service}")
+    return out
+
+
 def attach(
     virtual_services: list[VirtualService], services: Mapping[str, Service], taken: Mapping[tuple[str, int], str],
-    taken_l4: Mapping[tuple[str, int], str] | None = None,
+    taken_l4: Mapping[tuple[str, int], str] | None = None, rules=None,
 ) -> tuple[tuple[ServiceRoutes, ...], tuple[L4Routes, ...], tuple[ResourceStatus, ...]]:
     """Route entries of the VirtualServices for each waypoint-served service port (HTTP and TCP/TLS), and
     their statuses. `taken` / `taken_l4`: (service key, port) → the Gateway API route that routes it
-    (those win)."""
+    (those win). `rules`: the DestinationRules (`destinations.DestinationRuleIndex`), to check subsets."""
     taken_l4 = taken_l4 or {}
+    missing: dict[tuple, set[str]] = {}  # vs key -> destinations that resolve to nothing
     l4_out: list[L4Routes] = []
     by_fqdn: dict[str, Service] = {}
     for s in services.values():
@@ -411,6 +427,8 @@ def attach(
                         lost.setdefault(vs.key, []).append(f"{service.fqdn}:{sp.port} is routed by {route}, which takes precedence over a VirtualService")
                     continue
                 l4_out.append(l4)
+                for e in l4.entries:
+                    missing.setdefault((KIND, *e.route.split("/")), set()).update(_unresolved(e.backends, by_fqdn, rules, wp_ns))
                 for route_name in sorted({e.route for e in l4.entries}):
                     applied.setdefault((KIND, *route_name.split("/")), []).append(f"{service.fqdn}:{sp.port}")
                 continue
@@ -428,6 +446,9 @@ def attach(
                 applied.setdefault(vs.key, []).append(f"{service.fqdn}:{sp.port}")
             if entries:
                 out.append(ServiceRoutes(service.key, sp.port, (), tuple(entries)))
+                for e in entries:
+                    mirrors = [WeightedBackend(m.service, m.port, 0, True, subset=m.subset) for m in e.mirrors]
+                    missing.setdefault((KIND, *e.route.split("/")), set()).update(_unresolved((*e.backends, *mirrors), by_fqdn, rules, wp_ns))
 
     statuses = []
     for vs in sorted(virtual_services, key=lambda v: (v.namespace, v.name)):
@@ -446,5 +467,8 @@ def attach(
             conditions.append(Condition("Accepted", "False", "NoWaypoint", "; ".join(why)))
         if conflicts:
             conditions.append(Condition("Conflicted", "True", "HTTPRouteTakesPrecedence", "; ".join(conflicts)))
+        if missing.get(vs.key):
+            conditions.append(Condition("ResolvedRefs", "False", "BackendNotFound",
+                                        "not found (requests routed there get 503): " + ", ".join(sorted(missing[vs.key]))))
         statuses.append(ResourceStatus(KIND, vs.namespace, vs.name, tuple(conditions)))
     return tuple(out), tuple(l4_out), tuple(statuses)
