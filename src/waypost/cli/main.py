@@ -412,7 +412,7 @@ def analyze(
     mesh, problems = load_mesh_config_file(mesh_config) if mesh_config else (None, [])
     result.diagnostics.extend(problems)
     snapshot = build(result.resources, AddressPlan(1), mesh_config=mesh)  # addresses do not matter offline
-    findings = from_diagnostics(result.diagnostics) + run_analysis(result.resources, snapshot, result.refused)
+    findings = from_diagnostics(result.diagnostics) + run_analysis(result.resources, snapshot)
     if output == "json":
         typer.echo(json.dumps([f.as_dict() for f in findings], indent=2))
     elif output == "yaml":

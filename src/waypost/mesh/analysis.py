@@ -20,9 +20,7 @@ validation error), `WPT` codes for the ambient traps Istio's analyzers do not re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from waypost.api.diagnostics import Diagnostic
 from waypost.api.meta import Resource
@@ -70,8 +68,8 @@ def from_diagnostics(diagnostics: list[Diagnostic]) -> list[Finding]:
     return out
 
 
-def analyze(resources: list[Resource], snapshot: MeshSnapshot, refused: Sequence[Any] = ()) -> list[Finding]:
-    """Findings from the resources and snapshot; `refused` are the raw documents of kinds not enforced yet."""
+def analyze(resources: list[Resource], snapshot: MeshSnapshot) -> list[Finding]:
+    """Findings from the resources and snapshot (refused documents are reported from the load's diagnostics)."""
     by_key = {(r.KIND, r.namespace, r.name): r for r in resources}
     out: list[Finding] = []
     out.extend(_mixed_routing(by_key, snapshot))

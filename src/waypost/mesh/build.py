@@ -23,7 +23,7 @@ from waypost.api.security import AuthorizationPolicy, PeerAuthentication, Reques
 from .destinations import DestinationRuleIndex
 from . import l4routes, policies as authz, registry, routes as route_attachment, virtualservices, waypoints as binding
 from .addresses import AddressPlan
-from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, entry_host_key, service_key
+from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, entry_host_key
 
 DEFAULT_NODE = "node-0"
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from waypost.api.destinationrule import DestinationRule, DestinationRuleSpec
 
-from .virtualservices import exported_to, host_matches, resolve_host
+from .vsroutes import exported_to, host_matches, resolve_host
 
 
 class DestinationRuleIndex:
