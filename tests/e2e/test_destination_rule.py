@@ -7,6 +7,7 @@ to the namespace's waypoint, as in Istio's egress-waypoint tests.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -14,7 +15,6 @@ import socketserver
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.e2e.servers import Failing, serving
 from tests.manifests import ambient_with_waypoint
 
 pytestmark = pytest.mark.e2e
@@ -75,21 +76,6 @@ spec:
   http: [{retries: {attempts: 3, retryOn: "5xx"}, route: [{destination: {host: retried.example.com}}]}]
 """
 )
-
-
-class Answer(BaseHTTPRequestHandler):
-    """200 with what the server saw, or 500 when the server is the bad one."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        bad = self.server.server_address[0] == BAD
-        body = json.dumps({"server": self.server.server_address[0], "path": self.path, "tls": isinstance(self.connection, ssl.SSLSocket)}).encode()
-        self.send_response(500 if bad else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 class ProxyProtocolHandler(socketserver.StreamRequestHandler):
@@ -147,22 +133,18 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
 def servers(tmp_path_factory):
     directory = tmp_path_factory.mktemp("certs")
     ca, other_ca, server_cert, server_key = _certificates(directory)
-    started = []
-    for address, port in ((GOOD, 8081), (BAD, 8081), (GOOD, 8082), (BAD, 8082)):
-        started.append(ThreadingHTTPServer((address, port), Answer))
-    secure = ThreadingHTTPServer((TLS, 8443), Answer)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(server_cert, server_key)
-    secure.socket = context.wrap_socket(secure.socket, server_side=True)
-    started.append(secure)
     proxied = socketserver.ThreadingTCPServer((PROXY, 8083), ProxyProtocolHandler)
     proxied.daemon_threads = True
-    started.append(proxied)
-    for server in started:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"ca": ca, "other_ca": other_ca}
-    for server in started:
-        server.shutdown()
+    threading.Thread(target=proxied.serve_forever, daemon=True).start()
+    with contextlib.ExitStack() as stack:
+        for port in (8081, 8082):
+            stack.enter_context(serving(GOOD, port))
+            stack.enter_context(serving(BAD, port, Failing))
+        stack.enter_context(serving(TLS, 8443, tls=context))
+        yield {"ca": ca, "other_ca": other_ca}
+    proxied.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +197,8 @@ def test_tls_origination_simple_verifies_the_server(mesh, servers, tmp_path):
     _apply(mesh, tmp_path, _rule("secure.example.com", policy))
     r = mesh.request("dr/client", "http://secure.example.com:443/hello")
     assert r.status == 200, r.body
-    assert json.loads(r.body) == {"server": TLS, "path": "/hello", "tls": True}
+    seen = json.loads(r.body)
+    assert (seen["server"], seen["path"], seen["tls"]) == (TLS, "/hello", True)
     # A CA that did not sign the server's certificate: the handshake fails, nothing is sent (fail closed).
     policy = f"{{tls: {{mode: SIMPLE, caCertificates: {servers['other_ca']}, sni: secure.example.com}}}}"
     _apply(mesh, tmp_path, _rule("secure.example.com", policy))

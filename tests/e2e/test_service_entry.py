@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.e2e.servers import serving
 from tests.manifests import ambient_with_waypoint
 
 pytestmark = pytest.mark.e2e
 
 ADDRESS = f"127.253.{os.getpid() % 250 + 1}.1"
-
-
-class Echo(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 MESH = ambient_with_waypoint("egress", namespace_uses_waypoint=False) + f"""
@@ -60,10 +47,8 @@ spec:
 
 @pytest.fixture
 def external_server():
-    server = ThreadingHTTPServer((ADDRESS, 8081), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield
-    server.shutdown()
+    with serving(ADDRESS, 8081):
+        yield
 
 
 def test_service_entry_through_its_waypoint(start_mesh, external_server):

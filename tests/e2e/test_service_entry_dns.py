@@ -8,28 +8,13 @@ resolves without a DNS server.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.e2e.servers import serving
 from tests.manifests import ambient_namespace, client, waypoint
 
 pytestmark = pytest.mark.e2e
-
-
-class Answer(BaseHTTPRequestHandler):
-    def _answer(self) -> None:
-        body = json.dumps({"path": self.path, "method": self.command, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def mesh_text(port: int) -> str:
@@ -143,10 +128,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with serving("127.0.0.1") as echo:
+        yield echo.server_address[1]
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ class ServiceEntryEndpoint(WorkloadEntrySpec):
     @field_validator("address")
     @classmethod
     def _loopback(cls, value: str) -> str:
-        if _is_ip(value):
+        if is_ip(value):
             return WorkloadEntrySpec._loopback_address(value)
         if not _DNS_NAME.match(value):
             raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
@@ -125,7 +125,7 @@ class ServiceEntrySpec(Model):
                     raise ValueError(f"ports: {p.name}: DYNAMIC_DNS supports HTTP ports only ({p.protocol} is not supported yet)")
         if self.resolution == "STATIC":
             for e in self.endpoints:
-                if not _is_ip(e.address):
+                if not is_ip(e.address):
                     raise ValueError(f"endpoint address {e.address!r} is not a valid IP address (resolution STATIC)")
         if self.resolution in ("DNS", "DNS_ROUND_ROBIN"):
             if self.workload_selector:
@@ -152,7 +152,7 @@ class ServiceEntrySpec(Model):
         return self
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:

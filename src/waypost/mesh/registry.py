@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Mapping, Sequence
 
 from waypost.api.core import Deployment, Pod, PodSpec, Service as ServiceResource
-from waypost.api.networking import WorkloadEntry, WorkloadGroup
+from waypost.api.networking import WorkloadEntry, WorkloadGroup, is_ip
 
 from .model import Endpoint, ServicePort, Workload, WorkloadPort
 
@@ -258,7 +257,7 @@ def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: li
         if entry.spec.resolution != "NONE":
             for i, ep in enumerate(entry.spec.endpoints):
                 eps.append(Endpoint(f"{entry.namespace}/{entry.name}#{i}", ep.address, ep.ports.get(port.name, int(port.target_port)), hbone=False,
-                                    resolve=resolve if not _is_ip(ep.address) else ""))
+                                    resolve=resolve if not is_ip(ep.address) else ""))
             if resolve and not entry.spec.endpoints:
                 # DNS without endpoints: the proxies resolve the hosts themselves (Istio: one endpoint per host).
                 for name in [host] if host else entry.spec.hosts:
@@ -269,10 +268,3 @@ def service_entry_endpoints(entry, ports: tuple[ServicePort, ...], workloads: li
         out.append((port.port, tuple(sorted(eps, key=lambda e: (e.address, e.port)))))
     return tuple(out)
 
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True

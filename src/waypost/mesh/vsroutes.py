@@ -126,8 +126,9 @@ def is_catch_all(entry: HTTPRouteEntry) -> bool:
     return ((entry.path_type == "Prefix" and entry.path == "/") or (entry.path_type == "RegularExpression" and entry.path == ".*")) and not entry.headers and not entry.query
 
 
-def _match_applies(m: HTTPMatchRequest, port: int, waypoint_namespace: str) -> bool:
-    """Istio's TranslateRoute filters: port, gateways, and the source conditions, which a waypoint
+def _match_applies(m, port: int, waypoint_namespace: str) -> bool:
+    """Whether an http, tcp or tls match block applies to a waypoint's service port: Istio's TranslateRoute
+    filters, port, gateways, and the source conditions, which a waypoint
     evaluates against itself (sourceLabels: never; sourceNamespace: its own namespace)."""
     if m.port is not None and m.port != port:
         return False
@@ -310,16 +311,6 @@ def _cors(c) -> Cors:
     )
 
 
-def _l4_match_applies(m, port: int, waypoint_namespace: str) -> bool:
-    if m.port is not None and m.port != port:
-        return False
-    if m.gateways:
-        return "mesh" in m.gateways
-    if m.source_labels:
-        return False
-    return m.source_namespace is None or m.source_namespace == waypoint_namespace
-
-
 def _l4_backends(vs: VirtualService, destinations, routed: Service, port: int, resolver: Resolver) -> tuple[WeightedBackend, ...]:
     return tuple(
         resolver.backend(vs, d.destination, routed, port, 100 if len(destinations) == 1 else (d.weight or 0)) for d in destinations
@@ -333,14 +324,14 @@ def l4_routes(usable: list[VirtualService], service: Service, port, resolver: Re
         entries = []
         for vs in usable:
             for route in vs.spec.tls:
-                sni = tuple(h for m in route.match if _l4_match_applies(m, port.port, waypoint_namespace) for h in m.sni_hosts)
+                sni = tuple(h for m in route.match if _match_applies(m, port.port, waypoint_namespace) for h in m.sni_hosts)
                 if sni:
                     entries.append(L4RouteEntry(f"{vs.namespace}/{vs.name}", KIND, sni, _l4_backends(vs, route.route, service, port.port, resolver)))
         if entries:
             return L4Routes(service.key, port.port, "TLSRoute", tuple(entries))
     for vs in usable:
         for route in vs.spec.tcp:
-            if not route.match or any(_l4_match_applies(m, port.port, waypoint_namespace) for m in route.match):
+            if not route.match or any(_match_applies(m, port.port, waypoint_namespace) for m in route.match):
                 entry = L4RouteEntry(f"{vs.namespace}/{vs.name}", KIND, (), _l4_backends(vs, route.route, service, port.port, resolver))
                 return L4Routes(service.key, port.port, "TCPRoute", (entry,))
     return None
