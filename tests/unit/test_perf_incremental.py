@@ -322,3 +322,26 @@ def test_cached_mesh_view_equals_a_fresh_one_and_keeps_unchanged_entries():
     assert again["services"][0] is view["services"][0]  # the same Service object: the same entry
     changed = [e for e in again["conditions"] if e["name"] == "incremental-test"]
     assert changed and all(e not in view["conditions"] for e in changed)
+
+
+def test_a_route_change_reuses_the_registry_and_a_policy_change_only_the_policy_statuses():
+    base = list(resources_of("quickstart"))
+    first = build(base, PLAN)
+    routed_resources = base + load_text(ROUTE_CHANGE % 1, "r.yaml").resources
+    routed = build(routed_resources, PLAN, previous=address_assignments(first), reuse=first)
+    assert routed == build(routed_resources, PLAN, previous=address_assignments(first))
+    # Namespaces, gateways, workloads and services are the same objects: their part of the build is kept.
+    assert routed.registry_memo is first.registry_memo
+    assert all(a is b for a, b in zip(routed.services, first.services)) and all(a is b for a, b in zip(routed.workloads, first.workloads))
+    assert routed.status_memo["authz"][1] is first.status_memo["authz"][1]
+    denied_resources = routed_resources + load_text(POLICY, "p.yaml").resources
+    denied = build(denied_resources, PLAN, previous=address_assignments(routed), reuse=routed)
+    assert denied == build(denied_resources, PLAN, previous=address_assignments(routed))
+    assert denied.status_memo["authz"][1] is not routed.status_memo["authz"][1]
+    assert denied.status_memo["extensions"][1] is routed.status_memo["extensions"][1]
+    # A new pod is a registry input: the registry is built again (and still equals a build from scratch).
+    pod = load_text("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: quickstart, labels: {app: echo}}\nspec: {containers: [{name: c, image: waypost/echo}]}\n", "pod.yaml").resources
+    grown = build(denied_resources + pod, PLAN, previous=address_assignments(denied), reuse=denied)
+    assert grown.registry_memo is not denied.registry_memo
+    assert grown == build(denied_resources + pod, PLAN, previous=address_assignments(denied))
+    assert any(w.name == "extra" for w in grown.workloads)

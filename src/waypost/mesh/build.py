@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from waypost.api.core import ConfigMap, Deployment, Namespace, Pod, Service as ServiceResource
@@ -102,6 +103,18 @@ def resolve_authz_providers(mesh: MeshConfig, services: Sequence[Service]) -> tu
 T = TypeVar("T")
 
 
+def _same(a: Any, b: Any) -> bool:
+    """The same object; for lists and tuples, the same objects in the same order; for a value (a string, the
+    MeshConfig), equal."""
+    if a is b:
+        return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    if isinstance(a, (list, tuple, dict)) or isinstance(b, (list, tuple, dict)):
+        return False  # a mapping of services or waypoints: the same object only (comparing them costs as much as the work)
+    return a == b  # a name, the MeshConfig
+
+
 def _interned(values: Iterable[T], earlier: Mapping[Any, T] | None, key: Callable[[T], Any]) -> tuple[T, ...]:
     """`values`, each replaced by the earlier snapshot's value of the same key when the two are equal: the
     next change then compares them (translation's and the status documents' read tracking) by identity,
@@ -111,7 +124,7 @@ def _interned(values: Iterable[T], earlier: Mapping[Any, T] | None, key: Callabl
     out = []
     for value in values:
         before = earlier.get(key(value))
-        out.append(before if before is not None and before == value else value)
+        out.append(before if before is not None and (before is value or before == value) else value)
     return tuple(out)
 
 
@@ -126,21 +139,44 @@ def _by_kind(resources: Sequence[Resource]) -> Callable[[type], list]:
         kinds = [t for t in by_type if issubclass(t, cls)]
         if len(kinds) == 1:
             return list(by_type[kinds[0]])
+        if not kinds:
+            return []
         return [r for r in resources if isinstance(r, cls)]  # several types: keep their interleaved order
 
     return of
 
 
-def build(
-    resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None,
-    mesh_config: MeshConfig | None = None, reuse: MeshSnapshot | None = None,
-) -> MeshSnapshot:
-    """The mesh model of `resources`. `previous`: address assignments to keep; `reuse`: an earlier snapshot
-    whose memos may be reused where their inputs did not change (the result is the same without it)."""
-    previous = previous or {}
-    of = _by_kind(resources)
-    mesh = mesh_config_of(resources, mesh_config)
-    root_namespace = mesh.effective_root_namespace
+@dataclass(frozen=True)
+class _Registry:
+    """The part of a build that depends only on namespaces, gateways, workloads and services (not on routes
+    or policies): what `build` may take unchanged from the previous snapshot when those inputs are the same
+    objects (a route or policy change leaves them all alone)."""
+
+    inputs: tuple  # the resources it was built from, by kind (kept: identity is what is compared)
+    previous: Mapping[str, str]  # the address assignments it was given
+    assigned: Mapping[str, str]  # and those it made (`address_assignments` of its result)
+    plan: AddressPlan
+    namespace_labels: dict[str, dict[str, str]]
+    waypoint_gateways: dict[WaypointRef, Gateway]
+    waypoints: dict[WaypointRef, Waypoint]
+    workloads: list[Workload]
+    services: dict[str, Service]
+    statuses: list[ResourceStatus]
+    service_labels: dict[str, dict[str, str]]
+
+    def same_inputs(self, inputs: tuple, previous: Mapping[str, str], plan: AddressPlan) -> bool:
+        return (
+            self.plan == plan
+            and len(self.inputs) == len(inputs)
+            and all(len(a) == len(b) and all(x is y for x, y in zip(a, b)) for a, b in zip(self.inputs, inputs))
+            and (previous == self.assigned or previous == self.previous)  # either way every address stays
+        )
+
+
+REGISTRY_KINDS = (Namespace, GatewayClass, Gateway, Pod, Deployment, WorkloadEntry, WorkloadGroup, ServiceResource, ServiceEntry)
+
+
+def _registry(of: Callable[[type], list], plan: AddressPlan, previous: Mapping[str, str], inputs: tuple) -> _Registry:
     namespace_labels: dict[str, dict[str, str]] = {ns.name: dict(ns.labels) for ns in of(Namespace)}
     ns_labels = lambda ns: namespace_labels.get(ns, {})  # noqa: E731
     statuses: list[ResourceStatus] = []
@@ -296,13 +332,47 @@ def build(
         if entry_conditions:
             statuses.append(ResourceStatus("ServiceEntry", entry.namespace, entry.name, tuple(entry_conditions)))
 
+    service_labels = {
+        **{f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
+        **{entry_host_key(e.namespace, e.name, e.spec.hosts, i): dict(e.labels) for e in entries for i in range(len(e.spec.hosts))},
+    }
+    assigned = {f"pod/{w.key}": w.address for w in workloads if w.kind == "Pod"}
+    assigned.update({f"svc/{s.key}": s.vip for s in services.values()})
+    assigned.update({f"waypoint/{w.ref}": w.address for w in waypoints.values()})
+    return _Registry(inputs, dict(previous), assigned, plan, namespace_labels, waypoint_gateways, waypoints, workloads, services, statuses, service_labels)
+
+
+def build(
+    resources: Sequence[Resource], plan: AddressPlan, previous: Mapping[str, str] | None = None,
+    mesh_config: MeshConfig | None = None, reuse: MeshSnapshot | None = None,
+) -> MeshSnapshot:
+    """The mesh model of `resources`. `previous`: address assignments to keep; `reuse`: an earlier snapshot
+    whose memos may be reused where their inputs did not change (the result is the same without it)."""
+    previous = previous or {}
+    of = _by_kind(resources)
+    mesh = mesh_config_of(resources, mesh_config)
+    root_namespace = mesh.effective_root_namespace
+    inputs = tuple(tuple(of(kind)) for kind in REGISTRY_KINDS)
+    earlier = reuse.registry_memo if reuse is not None else None
+    if earlier is not None and earlier.same_inputs(inputs, previous, plan):
+        reg = earlier
+    else:
+        reg = _registry(of, plan, previous, inputs)
+        # The previous snapshot's equal values, as the very objects: the rest of this build, and the next
+        # one that reuses this registry, then compare them by identity.
+        interned = _interned(reg.services.values(), reuse and reuse._services_by_key, lambda s: s.key)
+        reg = replace(reg, workloads=list(_interned(reg.workloads, reuse and reuse._workloads_by_key, lambda w: w.key)),
+                      services={s.key: s for s in interned})
+    namespace_labels, waypoint_gateways, waypoints = reg.namespace_labels, reg.waypoint_gateways, reg.waypoints
+    workloads, services = reg.workloads, reg.services
+    statuses: list[ResourceStatus] = list(reg.statuses)
+
     routes, route_statuses, rule_memo = route_attachment.attach(
         sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
         services,
         waypoint_gateways,
         namespace_labels,
-        {**{f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
-         **{entry_host_key(e.namespace, e.name, e.spec.hosts, i): dict(e.labels) for e in entries for i in range(len(e.spec.hosts))}},
+        reg.service_labels,
         reuse.rule_memo if reuse is not None else None,
     )
     statuses.extend(route_statuses)
@@ -323,17 +393,31 @@ def build(
     routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
     l4 = tuple(sorted((*l4, *vs_l4), key=lambda r: (r.service, r.port)))
     statuses.extend(vs_statuses)
+    earlier_statuses = reuse.status_memo if reuse is not None and reuse.status_memo is not None else {}
+    status_memo: dict[str, tuple[tuple, list]] = {}
+
+    def statuses_of(name: str, compute: Callable, *args) -> list:
+        """`compute(*args)`, or the previous build's result when every argument is the same object (a
+        policy status reads only its policies, the waypoints and the services)."""
+        before = earlier_statuses.get(name)
+        if before is not None and len(before[0]) == len(args) and all(_same(x, y) for x, y in zip(before[0], args)):
+            result = before[1]
+        else:
+            result = list(compute(*args))
+        status_memo[name] = (args, result)
+        return result
+
     policies = sorted(of(AuthorizationPolicy), key=lambda p: (p.namespace, p.name))
-    statuses.extend(authz.statuses(policies, waypoints, services, root_namespace))
+    statuses.extend(statuses_of("authz", authz.statuses, policies, waypoints, services, root_namespace))
     extensions = sorted([*of(WasmPlugin), *of(TrafficExtension)], key=lambda e: (e.namespace, e.name, e.KIND))
-    statuses.extend(authz.extension_statuses(extensions, waypoints, services, root_namespace))
+    statuses.extend(statuses_of("extensions", authz.extension_statuses, extensions, waypoints, services, root_namespace))
     telemetries = sorted(of(Telemetry), key=lambda t: (t.namespace, t.name))
-    statuses.extend(authz.telemetry_statuses(telemetries, waypoints, services, root_namespace, mesh))
+    statuses.extend(statuses_of("telemetry", authz.telemetry_statuses, telemetries, waypoints, services, root_namespace, mesh))
     return MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
-        workloads=_interned(workloads, reuse and reuse._workloads_by_key, lambda w: w.key),
-        services=_interned(services.values(), reuse and reuse._services_by_key, lambda s: s.key),
+        workloads=tuple(workloads),
+        services=tuple(services.values()),
         waypoints=tuple(waypoints.values()),
         routes=_interned(routes, reuse and reuse._routes_by_port, lambda r: (r.service, r.port)),
         statuses=_interned(
@@ -352,6 +436,8 @@ def build(
         peer_authentications=tuple(sorted(of(PeerAuthentication), key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name))),
         mesh_config=mesh,
         rule_memo=rule_memo,
+        registry_memo=reg,
+        status_memo=status_memo,
     )
 
 

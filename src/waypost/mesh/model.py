@@ -434,6 +434,8 @@ class MeshSnapshot:
     # What `build` may reuse when it builds the next snapshot (`build(..., reuse=this)`): route rules turned
     # into entries (`routes.attach`). Not part of the model: equality, hashing and repr ignore it.
     rule_memo: Any = field(default=None, compare=False, repr=False)
+    registry_memo: Any = field(default=None, compare=False, repr=False)  # build's workloads and services (build._Registry)
+    status_memo: Any = field(default=None, compare=False, repr=False)  # build's policy statuses, by the objects they read
 
     # Lookups by key. The snapshot is immutable, so each index is built once, on first use, and kept on the
     # instance (cached_property writes the instance dict, which a frozen dataclass allows); they are not

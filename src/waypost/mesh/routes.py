@@ -100,15 +100,19 @@ class _RecordingServices:
         return found
 
 
-# id(route) -> (the route, its rules' results, the services they looked up): `attach`'s memo.
-RuleMemo = Mapping[int, tuple[Any, list, _Looked]]
+class RuleMemo(dict):
+    """id(route) -> (the route, its rules' results, the services they looked up): `attach`'s memo, with the
+    services mapping those results were computed against (`services`)."""
+
+    services: Any = None
 
 
-def _rule_results(route: HTTPRoute | GRPCRoute, services: Mapping[str, Service], memo: RuleMemo | None) -> tuple[list, _Looked]:
+def _rule_results(route: HTTPRoute | GRPCRoute, services: Mapping[str, Service], memo: RuleMemo | None, same_services: bool) -> tuple[list, _Looked]:
     """The rules' entries of one route; the memo's when it holds this very route object and every service
-    those rules looked up answers the same (a rule reads nothing else)."""
+    those rules looked up answers the same (a rule reads nothing else). `same_services`: the services are
+    the very mapping the memo was computed against (the build reused its registry), so they all do."""
     hit = memo.get(id(route)) if memo is not None else None
-    if hit is not None and hit[0] is route and all(_signature(services.get(k)) == sig for k, sig in hit[2].items()):
+    if hit is not None and hit[0] is route and (same_services or all(_signature(services.get(k)) == sig for k, sig in hit[2].items())):
         return hit[1], hit[2]
     looked = _Looked()
     resolver = BackendResolver(_RecordingServices(services, looked))  # type: ignore[arg-type] - reads like a Mapping
@@ -128,7 +132,9 @@ def attach(
     the memo for the next call. The rule results an earlier call left in `memo` are reused for routes that
     did not change (the same objects) and whose backends did not either: turning every rule of every route
     into entries again was half of rebuilding a 1000-route mesh for one change."""
-    new_memo: dict[int, tuple[Any, list, _Looked]] = {}
+    new_memo = RuleMemo()
+    new_memo.services = services
+    same_services = memo is not None and getattr(memo, "services", None) is services
     # (service, port, kind) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
     by_service: dict[tuple[str, int, str], dict[str | None, list]] = {}
     by_waypoint: dict[tuple[WaypointRef, str], dict[str | None, list]] = {}
@@ -137,7 +143,7 @@ def attach(
     lookup = WithHosts(services)
     named = services_by_name(services)
     for route in routes:
-        results, looked = _rule_results(route, lookup, memo)
+        results, looked = _rule_results(route, lookup, memo, same_services)
         new_memo[id(route)] = (route, results, looked)
         valid = [r for r in results if r.invalid is None]
         dropped = [(i, r.invalid) for i, r in enumerate(results) if r.invalid is not None]

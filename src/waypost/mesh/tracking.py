@@ -72,13 +72,25 @@ class Recorder:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
+# Lookups that are pure functions of the `routes_for` entry of their (service, port) arguments.
+_ROUTE_READS = frozenset({"port_has_fault", "routed_by_grpc"})
+
+
 def _inputs(dep: Dep) -> list[Dep] | None:
     """Reads that determine the answer of lookup `dep`, for lookups that are costly to run on both snapshots
     and that many parts make: when none of these changed, neither did the answer. None: no such shortcut.
 
     `waypoint_chain(kind, waypoint, service)` is a pure function of that kind's policies, the root
-    namespace and the service's kind, namespace and name (`policies.TargetIndex.chain`)."""
-    if dep[0] != "call" or dep[1] != "waypoint_chain" or dep[3] or len(dep[2]) != 3:
+    namespace and the service's kind, namespace and name (`policies.TargetIndex.chain`);
+    `destination_rule(...)` of the DestinationRules and the root namespace (`destinations`);
+    `port_has_fault` and `routed_by_grpc` of that port's routes."""
+    if dep[0] != "call" or dep[3]:
+        return None
+    if dep[1] == "destination_rule":
+        return [("attr", "destination_rules"), ("attr", "root_namespace")]
+    if dep[1] in _ROUTE_READS and len(dep[2]) == 2:
+        return [("call", "routes_for", dep[2], ())]
+    if dep[1] != "waypoint_chain" or len(dep[2]) != 3:
         return None
     kind, _waypoint, service = dep[2]
     field = CHAIN_FIELDS.get(kind)
@@ -125,4 +137,13 @@ class Diff:
         return result
 
     def any_changed(self, deps: Iterable[Dep]) -> bool:
-        return any(self.changed(d) for d in deps)
+        # A loop rather than any(generator): this runs for every dependency of every section of every
+        # proxy on each change, and most answers are already known.
+        known = self._changed
+        for d in deps:
+            answer = known.get(d)
+            if answer is None:
+                answer = self.changed(d)
+            if answer:
+                return True
+        return False
