@@ -53,6 +53,15 @@ def _validation(san_exact: str | None) -> dict[str, Any]:
     }
 
 
+# Parts every HBONE TLS context has: shared (configs are never changed in place).
+_ALPN_H2 = ["h2"]
+_TLS13 = {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"}
+RAW_BUFFER = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": T_RAW_BUFFER}}
+_FLUSH_ON_CONNECTED = {"flush_access_log_on_connected": True}
+_CONNECT_UPGRADE = [{"upgrade_type": "CONNECT"}]
+_ALLOW_CONNECT = {"allow_connect": True}
+
+
 @functools.cache
 def downstream_mtls(identity: str) -> dict[str, Any]:
     """HBONE server side: TLS 1.3, ALPN h2, a client certificate from our trust domain is required."""
@@ -62,8 +71,8 @@ def downstream_mtls(identity: str) -> dict[str, Any]:
             "@type": T_DOWNSTREAM_TLS,
             "require_client_certificate": True,
             "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+                "alpn_protocols": _ALPN_H2,
+                "tls_params": _TLS13,
                 "tls_certificate_sds_secret_configs": [sds(identity)],
                 **_validation(None),
             },
@@ -79,8 +88,8 @@ def upstream_mtls(identity: str, peer: str | None) -> dict[str, Any]:
         "typed_config": {
             "@type": T_UPSTREAM_TLS,
             "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+                "alpn_protocols": _ALPN_H2,
+                "tls_params": _TLS13,
                 "tls_certificate_sds_secret_configs": [sds(identity)],
                 **_validation(peer),
             },
@@ -109,10 +118,7 @@ def hbone_cluster(name: str, address: str, identity: str, peer: str) -> dict[str
         "name": name,
         "type": "STATIC",
         "connect_timeout": "5s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(address, HBONE_PORT)}}]}],
-        },
+        "load_assignment": {"cluster_name": name, "endpoints": single_endpoint(address, HBONE_PORT)},
         "typed_extension_protocol_options": http2_options(),
         "transport_socket": upstream_mtls(identity, peer),
     }
@@ -180,7 +186,7 @@ def tcp_proxy(stat_prefix: str, cluster: str, access_log: list[dict[str, Any]] |
     config: dict[str, Any] = {"@type": T_TCP_PROXY, "stat_prefix": stat_prefix, "cluster": cluster}
     if access_log:
         config["access_log"] = access_log
-        config["access_log_options"] = {"flush_access_log_on_connected": True}  # "opened" counts at connect
+        config["access_log_options"] = _FLUSH_ON_CONNECTED  # "opened" counts at connect
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
 
@@ -208,7 +214,7 @@ def internal_upstream() -> dict[str, Any]:
         "typed_config": {
             "@type": T_INTERNAL_UPSTREAM,
             "passthrough_metadata": [{"kind": {"host": {}}, "name": "tunnel"}],
-            "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": T_RAW_BUFFER}},
+            "transport_socket": RAW_BUFFER,
         },
     }
 
@@ -225,7 +231,13 @@ def _internal_endpoint(listener: str) -> dict[str, Any]:
 
 def tunnel_endpoint(listener: str, destination: str, address: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """An endpoint reached through an originate internal listener; metadata says where to tunnel (and,
-    under `istio`, which workload it is, for the destination labels of the metrics)."""
+    under `istio`, which workload it is, for the destination labels of the metrics). A waypoint names each
+    endpoint in up to three clusters (HTTP, TCP, route backend): they share one object."""
+    return _tunnel_endpoint(listener, destination, address, tuple(labels.items()) if labels else ())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tunnel_endpoint(listener: str, destination: str, address: str, labels: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     metadata: dict[str, Any] = {"tunnel": {"destination": destination, "address": address}}
     if labels:
         metadata["istio"] = dict(labels)
@@ -324,6 +336,19 @@ def _connect_terminate_http_filters() -> list[dict[str, Any]]:
     ]
 
 
+@functools.cache
+def _connect_routes(cluster: str) -> list[dict[str, Any]]:
+    """The CONNECT route to `cluster`: the same for every HBONE listener and identity chain (shared)."""
+    return [{"match": {"connect_matcher": {}}, "route": {"cluster": cluster, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}]
+
+
+@functools.cache
+def single_endpoint(address: str, port: int) -> list[dict[str, Any]]:
+    """`load_assignment.endpoints` with one socket address: shared by every cluster that names it (one
+    HBONE cluster per client identity names the same waypoint or ztunnel)."""
+    return [{"lb_endpoints": [{"endpoint": {"address": socket_address(address, port)}}]}]
+
+
 def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str) -> list[dict[str, Any]]:
     """HCM that accepts HBONE CONNECTs for `domains` and hands each stream to an internal listener
     (`_connect_terminate_http_filters`)."""
@@ -333,12 +358,7 @@ def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str
             {
                 "name": "connect",
                 "domains": domains,
-                "routes": [
-                    {
-                        "match": {"connect_matcher": {}},
-                        "route": {"cluster": cluster, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]},
-                    }
-                ],
+                "routes": _connect_routes(cluster),
             }
         )
     return [
@@ -348,8 +368,8 @@ def connect_terminate_filters(stat_prefix: str, domains: list[str], cluster: str
                 "@type": T_HCM,
                 "stat_prefix": stat_prefix,
                 "codec_type": "HTTP2",
-                "http2_protocol_options": {"allow_connect": True},
-                "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+                "http2_protocol_options": _ALLOW_CONNECT,
+                "upgrade_configs": _CONNECT_UPGRADE,
                 "route_config": {"name": stat_prefix, "virtual_hosts": virtual_hosts},
                 "http_filters": _connect_terminate_http_filters(),
             },

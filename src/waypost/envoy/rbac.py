@@ -11,6 +11,7 @@ The client identity is not a TLS peer inside the internal listeners: it is the f
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -169,11 +170,17 @@ def _path_permission(value: str) -> dict[str, Any]:
     return {"url_path": {"path": {"safe_regex": {"regex": path_regex(value)}}}}
 
 
+@functools.lru_cache(maxsize=4096)
+def _header_rule(name: str, value: str, ignore_case: bool) -> dict[str, Any]:
+    """A method or host permission: the same few values in many policies, so shared (bounded cache)."""
+    return {"header": {"name": name, "string_match": string_match(value, ignore_case=ignore_case)}}
+
+
 def operation_rules(field: str, values: list[str] | tuple[str, ...]) -> dict[str, Any]:
     if field in ("hosts",):
-        rules = [{"header": {"name": ":authority", "string_match": string_match(v, ignore_case=True)}} for v in values]
+        rules = [_header_rule(":authority", v, True) for v in values]
     elif field in ("methods",):
-        rules = [{"header": {"name": ":method", "string_match": string_match(v)}} for v in values]
+        rules = [_header_rule(":method", v, False) for v in values]
     elif field in ("paths",):
         rules = [_path_permission(v) for v in values]
     elif field in ("ports", "destination.port"):

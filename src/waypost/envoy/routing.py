@@ -9,6 +9,7 @@ filter state by `connect_terminate`).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -49,6 +50,7 @@ DEFAULT_RETRY = {
     "retry_host_predicate": PREVIOUS_HOSTS,
     "host_selection_retry_max_attempts": "5",
 }
+ANY_DOMAIN = ["*"]  # shared: never changed in place
 REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
 
 
@@ -105,7 +107,7 @@ def _match(entry: HTTPRouteEntry) -> dict[str, Any]:
         match["case_sensitive"] = False
     headers = [_header_matcher(h) for h in entry.headers]
     if entry.method:
-        headers.append({"name": ":method", "string_match": {"exact": entry.method}})
+        headers.append(_method_matcher(entry.method))
     if headers:
         match["headers"] = headers
     if entry.query:
@@ -113,6 +115,11 @@ def _match(entry: HTTPRouteEntry) -> dict[str, Any]:
     if entry.consumer_namespace:
         match["filter_state"] = [consumer_matcher(entry.consumer_namespace)]
     return match
+
+
+@functools.cache
+def _method_matcher(method: str) -> dict[str, Any]:
+    return {"name": ":method", "string_match": {"exact": method}}
 
 
 def consumer_matcher(namespace: str) -> dict[str, Any]:
@@ -219,7 +226,7 @@ def _retry(entry: HTTPRouteEntry) -> dict[str, Any] | None:
     if entry.istio_retry is not None:
         return _istio_retry(entry.istio_retry)
     if entry.retry is None:
-        policy = dict(DEFAULT_RETRY)
+        return DEFAULT_RETRY  # shared by every route that has it (configs are never changed in place)
     elif entry.retry.attempts == 0:
         return None
     else:
@@ -355,7 +362,7 @@ def route_configuration(
 
     # A DYNAMIC_DNS ServiceEntry forwards to whatever the Host header names: only hosts its wildcard
     # matches are routed, others get 404 (Istio's buildRouteVHostDomains, against Host header injection).
-    domains = [service.fqdn, f"{service.fqdn}:{port.port}"] if service.dynamic_dns else ["*"]
+    domains = [service.fqdn, f"{service.fqdn}:{port.port}"] if service.dynamic_dns else ANY_DOMAIN
     if attached is None or not attached.entries:
         config = default_route_config(name, default_cluster, domains)
         own = destination.hash_policy(snapshot.destination_rule(service.fqdn, proxy_namespace, service.namespace), port.port)
@@ -390,5 +397,5 @@ def default_route_config(name: str, cluster: str, domains: list[str] | None = No
     return {
         "name": name,
         "validate_clusters": False,
-        "virtual_hosts": [{"name": name, "domains": domains or ["*"], "routes": [_default_route(cluster)]}],
+        "virtual_hosts": [{"name": name, "domains": domains or ANY_DOMAIN, "routes": [_default_route(cluster)]}],
     }

@@ -158,7 +158,21 @@ def _fs(key: str) -> str:
     return f"%FILTER_STATE({key}:PLAIN)%"
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _tag(name: str, value: str) -> dict[str, str]:
+    """A tag whose value repeats across chains (a format string, a namespace, a workload's label): one
+    shared dict for all chains of all proxies (a bounded cache, so names of long-gone workloads age out). Two thousand chains each carried their own copies of the same
+    twenty-odd tags (issue 8: control-plane memory); configs are never changed in place
+    (tests/unit/test_shared_config_parts.py)."""
+    return {"name": name, "value_format": value}
+
+
 def _source_tags() -> list[dict[str, str]]:
+    return list(_SOURCE_TAGS())
+
+
+@functools.cache
+def _SOURCE_TAGS() -> tuple[dict[str, str], ...]:  # noqa: N802 - a constant, built on first use
     tags = [
         ("source_workload", _fs(source_key("workload"))),
         ("source_canonical_service", _fs(source_key("canonical_service"))),
@@ -169,7 +183,7 @@ def _source_tags() -> list[dict[str, str]]:
         ("source_version", _fs(source_key("version"))),
         ("source_cluster", CLUSTER_NAME),
     ]
-    return [{"name": k, "value_format": v} for k, v in tags]
+    return tuple(_tag(k, v) for k, v in tags)
 
 
 def _upstream(key: str) -> str:
@@ -182,21 +196,22 @@ def _destination_tags(service: Service | None, endpoint_known: bool = True) -> l
     def workload(key: str) -> str:
         return _upstream(key) if endpoint_known else UNKNOWN
 
+    # (name, value, constant): the endpoint's labels are format strings, the same on every chain.
     tags = [
-        ("destination_workload", workload("workload")),
-        ("destination_workload_namespace", workload("workload_namespace")),
-        ("destination_principal", workload("principal")),
-        ("destination_app", workload("app")),
-        ("destination_version", workload("version")),
-        ("destination_service", service.fqdn if service else UNKNOWN),
-        ("destination_canonical_service", workload("canonical_service")),
-        ("destination_canonical_revision", workload("canonical_revision")),
-        ("destination_service_name", service.name if service else UNKNOWN),
-        ("destination_service_namespace", service.namespace if service else UNKNOWN),
+        ("destination_workload", workload("workload"), True),
+        ("destination_workload_namespace", workload("workload_namespace"), True),
+        ("destination_principal", workload("principal"), True),
+        ("destination_app", workload("app"), True),
+        ("destination_version", workload("version"), True),
+        ("destination_service", service.fqdn if service else UNKNOWN, service is None),
+        ("destination_canonical_service", workload("canonical_service"), True),
+        ("destination_canonical_revision", workload("canonical_revision"), True),
+        ("destination_service_name", service.name if service else UNKNOWN, service is None),
+        ("destination_service_namespace", service.namespace if service else UNKNOWN, True),  # few namespaces: shared
         # The endpoint's cluster, like its other labels (istio_stats.cc: `endpoint_peer ? … : unknown`).
-        ("destination_cluster", workload("cluster")),
+        ("destination_cluster", workload("cluster"), True),
     ]
-    return [{"name": k, "value_format": v} for k, v in tags]
+    return [_tag(k, v) if constant else {"name": k, "value_format": v} for k, v, constant in tags]
 
 
 def _grpc_messages_counted() -> dict[str, Any]:
@@ -211,17 +226,17 @@ def _grpc_messages_counted() -> dict[str, Any]:
 
 def _http_tags(reporter: str, service: Service | None, protocol: str, endpoint_known: bool) -> list[dict[str, str]]:
     return (
-        [{"name": "reporter", "value_format": reporter}]
+        [_tag("reporter", reporter)]
         + _source_tags()
         + _destination_tags(service, endpoint_known)
         + [
-            {"name": "request_protocol", "value_format": protocol},
-            {"name": "response_code", "value_format": "%RESPONSE_CODE%"},
+            _tag("request_protocol", protocol),
+            _tag("response_code", "%RESPONSE_CODE%"),
             # Istio leaves grpc_response_status empty for HTTP; Envoy refuses an empty tag format, and in
             # PromQL an absent label equals an empty one, so HTTP series simply omit it.
-            *([{"name": "grpc_response_status", "value_format": "%GRPC_STATUS_NUMBER%"}] if protocol == "grpc" else []),
-            {"name": "response_flags", "value_format": "%RESPONSE_FLAGS%"},
-            {"name": "connection_security_policy", "value_format": "mutual_tls"},
+            *([_tag("grpc_response_status", "%GRPC_STATUS_NUMBER%")] if protocol == "grpc" else []),
+            _tag("response_flags", "%RESPONSE_FLAGS%"),
+            _tag("connection_security_policy", "mutual_tls"),
         ]
     )
 
@@ -326,13 +341,13 @@ def tcp_access_log(
     """
     variants: list[tuple[str, list[dict[str, str]], dict[str, Any] | None]] = []
     if destination is not None:
-        literal = [{"name": t["name"], "value_format": destination.get(t["name"], t["value_format"])} for t in _destination_tags(service)]
+        literal = [_tag(t["name"], destination.get(t["name"], t["value_format"])) for t in _destination_tags(service)]
         variants.append(("", literal, None))
     else:
         variants.append(("", _destination_tags(service, True), None))  # "-" → "unknown" at :15020, as for HTTP
 
     def logger(name: str, log_type: str, counters: list[dict[str, Any]], endpoint: dict[str, Any] | None) -> dict[str, Any]:
-        by_type = {"log_type_filter": {"types": [log_type]}}
+        by_type = _log_type_filter(log_type)
         return {
             "name": name,
             "filter": {"and_filter": {"filters": [by_type, endpoint]}} if endpoint else by_type,
@@ -342,10 +357,10 @@ def tcp_access_log(
     chain = chain or ChainTelemetry()
     loggers = []
     for suffix, dest_tags, endpoint in variants if chain.metrics else ():
-        tags = [{"name": "reporter", "value_format": reporter}] + _source_tags() + dest_tags + [
-            {"name": "request_protocol", "value_format": "tcp"},
-            {"name": "response_flags", "value_format": "%RESPONSE_FLAGS%"},
-            {"name": "connection_security_policy", "value_format": "mutual_tls"},
+        tags = [_tag("reporter", reporter)] + _source_tags() + dest_tags + [
+            _tag("request_protocol", "tcp"),
+            _tag("response_flags", "%RESPONSE_FLAGS%"),
+            _tag("connection_security_policy", "mutual_tls"),
         ]
         opened = _stats(chain, [("TCP_OPENED_CONNECTIONS", {"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1})])
         if opened:
@@ -357,11 +372,25 @@ def tcp_access_log(
         ])
         if closed:
             loggers.append(logger(f"istio.tcp.close{suffix}", "TcpConnectionEnd", closed, endpoint))
-    end_of_connection = {"log_type_filter": {"types": ["TcpConnectionEnd"]}}
+    end_of_connection = _log_type_filter("TcpConnectionEnd")
+    if chain.logging is None and (mesh is None or mesh.access_log_encoding != "JSON"):
+        path = DEFAULT_ACCESS_LOG_FILE if mesh is None or mesh.access_log_file is None else mesh.access_log_file
+        return loggers + ([_default_text_logger_at_end(path, mesh.access_log_format if mesh is not None else None)] if path else [])
     return loggers + [
         {**log, "filter": {"and_filter": {"filters": [end_of_connection, log["filter"]]}} if "filter" in log else end_of_connection}
         for log in access_logs(chain, mesh)
     ]
+
+
+@functools.cache
+def _default_text_logger_at_end(path: str, text: str | None) -> dict[str, Any]:
+    """MeshConfig's access log on a TCP chain, logging once a connection ends: one shared logger."""
+    return {**_default_text_logger(path, text), "filter": _log_type_filter("TcpConnectionEnd")}
+
+
+@functools.cache
+def _log_type_filter(log_type: str) -> dict[str, Any]:
+    return {"log_type_filter": {"types": [log_type]}}
 
 
 def destination_literals(workload: Workload, service: Service | None = None) -> dict[str, str]:
@@ -452,7 +481,9 @@ def access_logs(chain: ChainTelemetry, mesh: Any) -> list[dict[str, Any]]:
         if not path:
             return []
         json = mesh is not None and mesh.access_log_encoding == "JSON"
-        return [_file_logger(path, json_format=None if not json else _json_labels(mesh.access_log_format), text=None if json else mesh and mesh.access_log_format)]
+        if not json:
+            return [_default_text_logger(path, mesh.access_log_format if mesh is not None else None)]
+        return [_file_logger(path, json_format=_json_labels(mesh.access_log_format))]
     out = []
     for entry in chain.logging:
         if entry.disabled:
@@ -493,6 +524,12 @@ def _file_logger(path: str, json_format: dict[str, Any] | None = None, text: str
     if json_format is None:
         return {"name": STDOUT_LOGGER, "typed_config": _text_logger_config(path, text)}
     return _file_logger_config(path, json_format, text)
+
+
+@functools.cache
+def _default_text_logger(path: str, text: str | None) -> dict[str, Any]:
+    """MeshConfig's access log, the same on every chain of every proxy: one shared logger."""
+    return _file_logger(path, text=text)
 
 
 @functools.cache

@@ -98,6 +98,12 @@ def _labels(snapshot: MeshSnapshot | None, endpoint: Endpoint) -> dict[str, str]
     return telemetry.endpoint_metadata(snapshot, endpoint) if snapshot is not None else None
 
 
+# Parts of every waypoint HCM, shared by all of them (configs are never changed in place).
+_COMMON_HTTP_OPTIONS = {"idle_timeout": "3600s", "max_headers_count": 100}
+_CORS_FILTER = {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+_ROUTER_FILTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}}
+
+
 def _hcm(
     stat_prefix: str, route: dict[str, Any], authz: list[dict[str, Any]], access_log: list[dict[str, Any]] | None = None,
     late: list[dict[str, Any]] | None = None, grpc: bool = False, fault: bool = False, dfp: dict[str, Any] | None = None,
@@ -121,16 +127,16 @@ def _hcm(
             # request headers within 10 s (slowloris), an idle connection goes after 1 h, headers are
             # capped at 60 KiB / 100 (431 beyond).
             "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
-            "common_http_protocol_options": {"idle_timeout": "3600s", "max_headers_count": 100},
+            "common_http_protocol_options": _COMMON_HTTP_OPTIONS,
             "max_request_headers_kb": 60,
             **({"access_log": access_log} if access_log else {}),
             "http_filters": authz + ([routing.fault_filter()] if fault else []) + [
                 # CORS is configured per route (typed_per_filter_config); without a policy it does nothing.
-                {"name": routing.CORS_FILTER, "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+                _CORS_FILTER,
                 *(late or []),
                 *(telemetry.http_filters() if grpc else []),
                 *([dfp] if dfp else []),
-                {"name": "envoy.filters.http.router", "typed_config": {"@type": c.T_ROUTER}},
+                _ROUTER_FILTER,
             ],
         },
     }

@@ -108,26 +108,37 @@ def _set_state(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": "envoy.filters.network.set_filter_state", "typed_config": {"@type": T_NET_SET_FILTER_STATE, "on_new_connection": items}}
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _tlv(kind: int, value: str) -> dict[str, Any]:
+    """A PROXY TLV (a client's label): most values repeat across clients (namespace, version), so shared."""
+    return {"type": kind, "value": base64.b64encode(value.encode()).decode()}
+
+
+@functools.cache
+def _bind_to(address: str) -> dict[str, Any]:
+    return {"source_address": {"address": address, "port_value": 0}}
+
+
 def _dispatch_cluster(name: str, address: str, port: int, tlvs: dict[int, str]) -> dict[str, Any]:
     """Stage 1 → dispatch over a real loopback connection: a PROXY v2 header carries the client's addresses
     and, as TLVs, its identity and labels. (With an internal listener here, connections the server closes
     first lost their last bytes: Envoy drops data when a tunnelled upstream ends into a user-space connection.)"""
     config: dict[str, Any] = {"version": "V2"}
     if tlvs:
-        config["added_tlvs"] = [{"type": t, "value": base64.b64encode(v.encode()).decode()} for t, v in sorted(tlvs.items())]
+        config["added_tlvs"] = [_tlv(t, v) for t, v in sorted(tlvs.items())]
     return {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "5s",
         # The dispatch listener only trusts PROXY headers from this source (its chains' direct_source_prefix_ranges).
-        "upstream_bind_config": {"source_address": {"address": address, "port_value": 0}},
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": c.socket_address(address, port)}}]}]},
+        "upstream_bind_config": _bind_to(address),
+        "load_assignment": {"cluster_name": name, "endpoints": c.single_endpoint(address, port)},
         "transport_socket": {
             "name": "envoy.transport_sockets.upstream_proxy_protocol",
             "typed_config": {
                 "@type": T_PROXY_PROTOCOL_UPSTREAM,
                 "config": config,
-                "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": T_RAW_BUFFER}},
+                "transport_socket": c.RAW_BUFFER,
             },
         },
     }
@@ -288,6 +299,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     inbound_chains: list[dict[str, Any]] = []
     internal_chains: list[dict[str, Any]] = []
     hbone_pods = [w for w in local if w.captured and w.kind == "Pod"]
+    inbound_logs: dict[tuple, list[dict[str, Any]]] = {}  # destination labels -> the inbound chains' stats loggers
     endpoint_ports = _endpoint_ports(snapshot)
     by_namespace = _ztunnel_policies(snapshot)
     for pod in hbone_pods:
@@ -319,7 +331,11 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
             # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
             authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
-            inbound_log = telemetry.tcp_access_log("destination", None, telemetry.destination_literals(pod), mesh=snapshot.mesh_config)
+            literals = telemetry.destination_literals(pod)
+            literal_key = tuple(sorted(literals.items()))
+            inbound_log = inbound_logs.get(literal_key)
+            if inbound_log is None:  # the pods of one Deployment log with the same labels: one logger list
+                inbound_log = inbound_logs[literal_key] = telemetry.tcp_access_log("destination", None, literals, mesh=snapshot.mesh_config)
             plain_chains.append(
                 {
                     "name": f"inbound_plain|{pod.address}:{port}",
