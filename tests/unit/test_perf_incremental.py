@@ -310,18 +310,21 @@ def test_load_paths_reuses_the_resources_of_unchanged_files(tmp_path):
     assert [d.render() for d in second.diagnostics] == [d.render() for d in fresh.diagnostics] and second.errors
 
 
-def test_cached_mesh_view_equals_a_fresh_one_and_keeps_unchanged_entries():
-    from waypost.local.documents import mesh_view, mesh_view_cached
+def test_cached_mesh_view_text_is_the_fresh_views_json_and_keeps_unchanged_entries():
+    import json
+
+    from waypost.local.documents import mesh_view, mesh_view_texts_cached
 
     base = list(resources_of("quickstart"))
     first = build(base, PLAN)
-    view, cache = mesh_view_cached(first, None)
+    texts, cache = mesh_view_texts_cached(first, None)
+    assert texts == {part: json.dumps(value, sort_keys=True) for part, value in mesh_view(first).items()}
     second = build(base + load_text(ROUTE_CHANGE % 1, "r.yaml").resources, PLAN, previous=address_assignments(first), reuse=first)
-    again, _ = mesh_view_cached(second, cache)
-    assert again == mesh_view(second)
-    assert again["services"][0] is view["services"][0]  # the same Service object: the same entry
-    changed = [e for e in again["conditions"] if e["name"] == "incremental-test"]
-    assert changed and all(e not in view["conditions"] for e in changed)
+    again, kept = mesh_view_texts_cached(second, cache)
+    assert again == {part: json.dumps(value, sort_keys=True) for part, value in mesh_view(second).items()}
+    service = second.services[0]
+    assert kept[id(service)][1] is cache[id(first.services[0])][1]  # the same Service object: the same text
+    assert again["conditions"] != texts["conditions"] and "incremental-test" in again["conditions"]
 
 
 def test_a_route_change_reuses_the_registry_and_a_policy_change_only_the_policy_statuses():
@@ -345,3 +348,26 @@ def test_a_route_change_reuses_the_registry_and_a_policy_change_only_the_policy_
     assert grown.registry_memo is not denied.registry_memo
     assert grown == build(denied_resources + pod, PLAN, previous=address_assignments(denied))
     assert any(w.name == "extra" for w in grown.workloads)
+
+
+def test_cached_resource_texts_are_the_documents_json_and_keep_only_what_a_status_needs():
+    import json
+
+    from waypost.local.documents import resource_documents, resource_texts_cached
+    from waypost.local.manifests import track
+
+    base = list(resources_of("quickstart"))
+    first = build(base, PLAN)
+    history = track({}, [], base, "t0")
+    texts, cache = resource_texts_cached(base, first, "t0", history, None)
+    docs = resource_documents(base, first, "t0", history, [])
+    assert texts == [json.dumps(d, sort_keys=True) for d in docs]
+    # The cache keeps each document's kind, name, namespace and status, and its text: not its spec.
+    assert all(set(entry[3]) <= {"kind", "metadata", "status"} for entry in cache.documents.values())
+    changed = base + load_text(ROUTE_CHANGE % 3, "r.yaml").resources
+    second = build(changed, PLAN, previous=address_assignments(first))
+    history2 = track(history, base, changed, "t1")
+    again, _ = resource_texts_cached(changed, second, "t1", history2, cache)
+    # Same as fresh documents written over the earlier ones (a condition that did not change keeps its time).
+    assert again == [json.dumps(d, sort_keys=True) for d in resource_documents(changed, second, "t1", history2, docs)]
+    assert sum(1 for t in again if any(t is old for old in texts)) >= len(base) - 3

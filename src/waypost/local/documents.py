@@ -14,33 +14,29 @@ from waypost.mesh.tracking import Diff, Recorder
 from .manifests import Key, ResourceHistory
 
 
-ViewCache = dict[int, tuple[object, dict[str, Any]]]  # id(snapshot value) -> (the value, its view entry)
+ViewCache = dict[int, tuple[object, str]]  # id(snapshot value) -> (the value, its view entry's JSON)
 
 
-def mesh_view(snapshot: MeshSnapshot, cache: ViewCache | None = None) -> dict[str, Any]:
-    """The parts of a snapshot that `status`, `request` and `describe` need, as JSON.
+def mesh_view(snapshot: MeshSnapshot) -> dict[str, Any]:
+    """The parts of a snapshot that `status`, `request` and `describe` need, as JSON."""
+    return {part: [render(value) for value in getattr(snapshot, values)] for part, values, render in _VIEW_PARTS}
 
-    With a `cache` (the one `mesh_view_cached` returns), a service, workload, waypoint or status that is the
-    very object of the earlier snapshot (`build(..., reuse=)` keeps equal ones) keeps its earlier entry:
-    no rendering again, and the state file compares the entries by identity."""
-    out = {}
+
+def mesh_view_texts_cached(snapshot: MeshSnapshot, cache: ViewCache | None) -> tuple[dict[str, str], ViewCache]:
+    """The mesh view as state.json writes it: per view key, its value's JSON (`json.dumps(..., sort_keys=True)`
+    of the list `mesh_view` gives). The cache keeps each entry's JSON, not the entry: at 1000 Services the
+    view's dicts were megabytes held only to be written again (issue 8, control-plane memory)."""
+    texts: dict[str, str] = {}
+    kept: ViewCache = {}
     for part, values, render in _VIEW_PARTS:
         entries = []
         for value in getattr(snapshot, values):
             hit = cache.get(id(value)) if cache is not None else None
-            entries.append(hit[1] if hit is not None and hit[0] is value else render(value))
-        out[part] = entries
-    return out
-
-
-def mesh_view_cached(snapshot: MeshSnapshot, cache: ViewCache | None) -> tuple[dict[str, Any], ViewCache]:
-    """`mesh_view`, and the cache for the next snapshot's."""
-    view = mesh_view(snapshot, cache)
-    kept: ViewCache = {}
-    for part, values, _ in _VIEW_PARTS:
-        for value, entry in zip(getattr(snapshot, values), view[part]):
-            kept[id(value)] = (value, entry)
-    return view, kept
+            text = hit[1] if hit is not None and hit[0] is value else json.dumps(render(value), sort_keys=True)
+            kept[id(value)] = (value, text)
+            entries.append(text)
+        texts[part] = "[" + ", ".join(entries) + "]"  # json.dumps's own separators
+    return texts, kept
 
 
 def _service_entry(s: Any) -> dict[str, Any]:
@@ -92,7 +88,6 @@ _VIEW_PARTS = (
     ("waypoints", "waypoints", _waypoint_entry),
     ("conditions", "statuses", _status_entry),
 )
-VIEW_KEYS = frozenset(part for part, _, _ in _VIEW_PARTS)  # the view's keys in state.json
 
 
 def resource_documents(
@@ -117,7 +112,9 @@ class DocumentCache:
     resource object, its history entry, what its document read from the snapshot, and the document."""
 
     snapshot: MeshSnapshot | None = None
-    documents: Mapping[Key, tuple[Resource, ResourceHistory | None, frozenset, dict[str, Any]]] = field(default_factory=dict)
+    # key -> (resource, history, reads, document[, its JSON text]); `resource_texts_cached` keeps a document's
+    # kind, name, namespace and status only, with its text.
+    documents: Mapping[Key, tuple] = field(default_factory=dict)
 
 
 def resource_documents_cached(
@@ -131,6 +128,50 @@ def resource_documents_cached(
     """`resource_documents`, reusing the earlier document of every resource that is the same object, with
     the same history, whose status reads from the snapshot give the same answers (`cache` is what the call
     that wrote `previous` returned). Dumping every resource's model on every change was O(mesh) per apply."""
+    earlier: dict[tuple[str, str, str], dict[str, Any]] | None = None
+
+    def conditions_before() -> Mapping[tuple[str, str, str], dict[str, Any]]:
+        nonlocal earlier
+        if earlier is None:
+            earlier = {_doc_key(d): d for d in previous}
+        return earlier
+
+    known = cache.documents if cache is not None else {}
+    kept: dict[Key, tuple] = {}
+    docs = [entry[3] for entry in _cached(resources, snapshot, now, history, cache, known, kept, conditions_before, lambda doc: (doc,))]
+    return docs, DocumentCache(snapshot, kept)
+
+
+def resource_texts_cached(
+    resources: Sequence[Resource],
+    snapshot: MeshSnapshot,
+    now: str,
+    history: Mapping[Key, ResourceHistory] | None,
+    cache: DocumentCache | None,
+) -> tuple[list[str], DocumentCache]:
+    """What `resources.json` holds, one JSON text per resource, as `resource_documents_cached` computes the
+    documents; but the cache keeps each document's text and only the parts a later status needs
+    (kind, name, namespace and status), not the whole document: the documents of a 1000-Service mesh
+    were 13 MB of dicts for 2.6 MB of text (issue 8, control-plane memory)."""
+    known = cache.documents if cache is not None else {}
+    earlier = {_doc_key(entry[3]): entry[3] for entry in known.values()}
+    kept: dict[Key, tuple] = {}
+
+    def store(doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        meta = doc.get("metadata", {})
+        slim = {"kind": doc.get("kind", ""), "metadata": {k: meta[k] for k in ("name", "namespace") if k in meta}}
+        if "status" in doc:
+            slim["status"] = doc["status"]
+        return slim, json.dumps(doc, sort_keys=True)
+
+    texts = [entry[4] for entry in _cached(resources, snapshot, now, history, cache, known, kept, lambda: earlier, store)]
+    return texts, DocumentCache(snapshot, kept)
+
+
+def _cached(resources, snapshot: MeshSnapshot, now: str, history, cache: DocumentCache | None, known, kept: dict, conditions_before, store) -> list[tuple]:
+    """The cache entries for `resources`, in order: an earlier entry where the resource is the same object,
+    with the same history, whose status reads give the same answers; else a new one, `(resource, history,
+    reads, *store(document))`."""
     from waypost.api.gateway import GatewayClass
     from waypost.mesh.waypoints import MESH_CONTROLLER, WAYPOINT_CLASS
 
@@ -143,25 +184,22 @@ def resource_documents_cached(
                 {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": WAYPOINT_CLASS}, "spec": {"controllerName": MESH_CONTROLLER}}
             )
         )
-    earlier: dict[tuple[str, str, str], dict[str, Any]] | None = None
     diff = Diff(cache.snapshot if cache is not None else None, snapshot)
-    known = cache.documents if cache is not None else {}
-    kept: dict[Key, tuple[Resource, ResourceHistory | None, frozenset, dict[str, Any]]] = {}
-    docs = []
+    out = []
     for r in resources:
         seen = history.get(r.key)
         hit = known.get(r.key)
         if hit is not None and hit[0] is r and seen is not None and hit[1] == seen and not diff.any_changed(hit[2]):
             kept[r.key] = hit
-            docs.append(hit[3])
+            out.append(hit)
             continue
-        if earlier is None:
-            earlier = {_doc_key(d): d for d in previous}
         recorder = Recorder(snapshot)
-        doc = _document(r, recorder, now, seen, earlier)  # type: ignore[arg-type] - reads like a MeshSnapshot
-        kept[r.key] = (r, seen, frozenset(recorder.deps), doc)
-        docs.append(doc)
-    return docs, DocumentCache(snapshot, kept)
+        doc = _document(r, recorder, now, seen, conditions_before())  # type: ignore[arg-type] - reads like a MeshSnapshot
+        stored = store(doc)
+        entry = (r, seen, frozenset(recorder.deps), *stored)
+        kept[r.key] = entry
+        out.append(entry)
+    return out
 
 
 def _document(r: Resource, snapshot: MeshSnapshot, now: str, seen: ResourceHistory | None, earlier: Mapping[tuple[str, str, str], dict[str, Any]]) -> dict[str, Any]:

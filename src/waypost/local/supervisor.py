@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import os
 import queue
@@ -42,7 +41,7 @@ from .blocks import acquire_block
 from .changes import Changes, Running
 from .children import Child  # noqa: F401 - re-exported: where it lived before
 from .control import ControlServer
-from .documents import VIEW_KEYS, DocumentCache, ViewCache, mesh_view_cached, resource_documents_cached
+from .documents import DocumentCache, ViewCache, mesh_view_texts_cached, resource_texts_cached
 from .fleet import ProxyFleet, secret_resources, xds_snapshot  # noqa: F401 - re-exported
 from .jwks import JwksCache
 from .wasm import WasmCache
@@ -108,11 +107,11 @@ class Supervisor:
         self._watcher: ManifestWatcher | None = None
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
-        self._docs: list[dict[str, Any]] = []
+        # resources.json: one compact JSON line per resource, each unchanged one's text reused (indenting took
+        # the json module's pure-Python encoder; `waypost get -o json` indents a document).
         self._doc_cache: DocumentCache | None = None
-        self._doc_text: dict[int, tuple[dict[str, Any], str]] = {}  # id(doc) -> (doc, its JSON in resources.json)
-        self._state_text: dict[str, tuple[Any, str]] = {}  # state.json key -> (value, its JSON there)
-        self._view_cache: ViewCache | None = None  # mesh_view entries of the snapshot last published
+        self._view_texts: dict[str, str] = {}  # state.json's mesh view: key -> its JSON there
+        self._view_cache: ViewCache | None = None  # mesh_view entries' JSON of the snapshot last published
         self._actions: queue.Queue[tuple[Callable[[], dict[str, Any]], Future[dict[str, Any]]]] = queue.Queue()
         self._actions_lock = threading.Lock()
         self._accepting = True
@@ -283,32 +282,14 @@ class Supervisor:
         """Makes `running` current and writes resources.json; `write_state` writes the rest."""
         with self._state_lock:
             self.running = running
-            view, self._view_cache = mesh_view_cached(running.snapshot, self._view_cache)
-            self.info.update(view)
-            self._docs, self._doc_cache = resource_documents_cached(
-                running.resources, running.snapshot, now(), running.history, self._docs, self._doc_cache
-            )
-            self._write_documents()
+            self._view_texts, self._view_cache = mesh_view_texts_cached(running.snapshot, self._view_cache)
+            texts, self._doc_cache = resource_texts_cached(running.resources, running.snapshot, now(), running.history, self._doc_cache)
+            write_text_atomic(self.state.resources_file, "[\n  " + ",\n  ".join(texts) + "\n]" if texts else "[]")
         # What runs now stays until the next change: take it out of the cyclic collector's full passes, which
         # otherwise walk millions of long-lived objects (resources, snapshot, configs, caches) during a change
         # and add hundreds of milliseconds to it at random. Refcounting still frees it once it is replaced.
         gc.freeze()
         _trim_heap()
-
-    def _write_documents(self) -> None:
-        """resources.json: a JSON list, one document per line, each unchanged document's JSON reused
-        (documents are reused as objects when unchanged; see `resource_documents_cached`). Compact lines,
-        not indented ones: indenting takes the json module's pure-Python encoder, which was a third of
-        committing 1000 new routes; `waypost get -o json` shows a document indented."""
-        texts: dict[int, tuple[dict[str, Any], str]] = {}
-        parts = []
-        for doc in self._docs:
-            hit = self._doc_text.get(id(doc))
-            text = hit[1] if hit is not None and hit[0] is doc else json.dumps(doc, sort_keys=True)
-            texts[id(doc)] = (doc, text)
-            parts.append(text)
-        self._doc_text = texts
-        write_text_atomic(self.state.resources_file, "[\n  " + ",\n  ".join(parts) + "\n]" if parts else "[]")
 
     def write_state(self, extra: dict[str, Any] | None = None) -> None:
         extra = {"phase": "ready", **(extra or {})}
@@ -342,20 +323,11 @@ class Supervisor:
             self._write_state_file(state)
 
     def _write_state_file(self, state: dict[str, Any]) -> None:
-        """state.json, exactly as `write_json_atomic` lays it out, with the JSON of each mesh-view value that
-        equals the last one written reused: the view (every Service and workload) is megabytes at 1000
-        Services and rarely changes."""
-        texts: dict[str, tuple[Any, str]] = {}
-        items = []
-        for key in sorted(state):
-            value = state[key]
-            hit = self._state_text.get(key) if key in VIEW_KEYS else None
-            # Only the mesh view's values are reused: each of their fields always has the one JSON type, so
-            # equal values dump to equal text (1 == True would not).
-            text = hit[1] if hit is not None and hit[0] == value else json_value_text(value)
-            texts[key] = (value, text)
-            items.append((key, text))
-        self._state_text = texts
+        """state.json, exactly as `write_json_atomic` lays it out, with the mesh view's JSON as published
+        (`mesh_view_texts_cached`: the view, every Service and workload, is megabytes at 1000 Services and
+        rarely changes)."""
+        view = {key: text for key, text in self._view_texts.items() if key not in state}
+        items = [(key, view[key] if key in view else json_value_text(state[key])) for key in sorted({*state, *view})]
         write_text_atomic(self.state.state_file, json_object_text(items))
 
 
