@@ -246,3 +246,50 @@ def test_offline_translation_end_to_end():
     assert outcome("shop/web", "http://api/public/x", "PUT").verdict == "allowed"
     denied = outcome("shop/web", "http://db/")
     assert denied.verdict == "denied" and denied.status is None
+
+
+def test_virtual_service_routes_are_selected_as_envoy_selects_them():
+    """The route matchers a VirtualService produces (plain prefix, ignoreUriCase, withoutHeaders, present
+    headers) evaluate as Envoy matches them, on the config the translation generates."""
+    from waypost.api import load_text
+    from waypost.envoy import translate
+    from waypost.envoy.evaluate import select_route
+    from waypost.mesh import AddressPlan, build
+    from tests.manifests import ambient_with_waypoint, echo_service
+
+    text = ambient_with_waypoint("vs") + echo_service("vs") + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc, namespace: vs}
+spec:
+  hosts: [svc]
+  http:
+  - name: debug-absent
+    match: [{uri: {prefix: /only}, withoutHeaders: {x-debug: {}}}]
+    directResponse: {status: 204}
+  - name: any-case
+    match: [{uri: {prefix: /API}, ignoreUriCase: true}]
+    directResponse: {status: 202}
+  - name: tagged
+    match: [{headers: {x-tag: {}}}]
+    directResponse: {status: 203}
+  - name: rest
+    route: [{destination: {host: svc}}]
+"""
+    loaded = load_text(text, "vs.yaml")
+    assert not loaded.errors, [d.render() for d in loaded.errors]
+    snapshot = build(loaded.resources, AddressPlan(61))
+    waypoint = next(c for pid, c in translate(snapshot).items() if pid.startswith("waypoint~"))
+    config = next(r for r in waypoint.routes if r["name"].startswith("svc.vs.svc.cluster.local:"))
+
+    def chosen(path: str, *extra: tuple[str, str]) -> str:
+        route, why = select_route(config, [(":authority", "svc.vs"), (":method", "GET"), *extra], path, {})
+        assert route is not None, why
+        return route["name"]
+
+    assert chosen("/only/x") == "debug-absent"
+    assert chosen("/only/x", ("x-debug", "1")) == "rest"  # withoutHeaders: present header, no match
+    assert chosen("/api/items") == "any-case" and chosen("/ApI") == "any-case"
+    assert chosen("/apix") == "any-case"  # a VirtualService prefix is a plain string prefix
+    assert chosen("/other", ("x-tag", "")) == "tagged" and chosen("/other") == "rest"

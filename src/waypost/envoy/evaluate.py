@@ -227,18 +227,23 @@ def header_match(m: Mapping[str, Any], headers: Sequence[tuple[str, str]]) -> bo
     extra = set(m) - {"name", "string_match", "present_match", "invert_match", "treat_missing_header_as_empty"}
     if extra:
         raise Unsupported(f"unsupported HeaderMatcher field(s) {sorted(extra)} (header {m.get('name')})")
+    # As Envoy's HeaderUtility::matchHeaders: a missing header matches only a present_match that asks for
+    # absence (or, inverted, for presence: VirtualService withoutHeaders `{}`); else the match is inverted.
     value = header_value(headers, m["name"])
-    if value is None and m.get("treat_missing_header_as_empty"):
+    present_type = "present_match" in m and "string_match" not in m
+    if value is None and not m.get("treat_missing_header_as_empty"):
+        if m.get("invert_match"):
+            return present_type and bool(m["present_match"])
+        return present_type and not bool(m["present_match"])
+    if value is None:
         value = ""
     if "string_match" in m:
         result = string_match(m["string_match"], value)
-    elif "present_match" in m:
-        result = (value is not None) == bool(m["present_match"])
+    elif present_type:
+        result = bool(m["present_match"])
     else:
-        result = value is not None  # no specifier: presence
-    if m.get("invert_match"):
-        return not result if value is not None or m.get("treat_missing_header_as_empty") else False
-    return result
+        result = True  # no specifier: the header is present
+    return result != bool(m.get("invert_match"))
 
 
 # --- RBAC ------------------------------------------------------------------------------------------
@@ -655,9 +660,13 @@ def _route_matches(match: Mapping[str, Any], headers: Sequence[tuple[str, str]],
     extra = set(match) - known
     if extra:
         raise Unsupported(f"unsupported route match field(s) {sorted(extra)}")
-    if match.get("case_sensitive") is False:
-        raise Unsupported("case-insensitive route matching")
     bare = path.split("?", 1)[0]
+    if match.get("case_sensitive") is False:
+        # Envoy compares prefix and path without case (not regular expressions): ignoreUriCase.
+        lowered = {k: (v.lower() if k in ("prefix", "path", "path_separated_prefix") else v) for k, v in match.items() if k != "case_sensitive"}
+        if "safe_regex" not in match:
+            return _route_matches(lowered, headers, bare.lower() + path[len(bare):], filter_state)
+        match = lowered
     method = header_value(headers, ":method")
     if "connect_matcher" in match:
         if method != "CONNECT":
@@ -1090,6 +1099,14 @@ class Evaluator:
         route, why = select_route(rc, headers, path, conn.filter_state)
         if route is None:
             return [_Result("http", 404, f"{proxy.id}: {why}", (), proxy=proxy.id)]
+        fault = route.get("typed_per_filter_config", {}).get("envoy.filters.http.fault", {})
+        abort = fault.get("abort")
+        if abort is not None and int(abort.get("percentage", {}).get("numerator", 0)) > 0:
+            share = _fraction(abort["percentage"])
+            if share >= 1:
+                status = int(abort.get("http_status", 503 if "grpc_status" in abort else 500))
+                return [_Result("http", status, f"{proxy.id} aborts every request by fault injection ({why})", (), proxy=proxy.id)]
+            why += f"; fault injection aborts {share:.4g} of the requests"
         if "direct_response" in route:
             return [_Result("http", int(route["direct_response"]["status"]), f"{proxy.id} answers directly ({why})", (), proxy=proxy.id)]
         if "redirect" in route:
@@ -1159,7 +1176,14 @@ def _request_headers(request: Request) -> tuple[tuple[str, str], ...]:
 _OBSERVERS = (
     "envoy.extensions.filters.http.cors.v3.Cors",
     "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+    # Fault injection is configured per route (VirtualService `fault`): the route's answer says what it does.
+    "envoy.extensions.filters.http.fault.v3.HTTPFault",
 )
+
+
+def _fraction(percent: Mapping[str, Any]) -> float:
+    denominators = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+    return int(percent.get("numerator", 0)) / denominators.get(percent.get("denominator", "HUNDRED"), 100)
 
 
 def _observer(f: Mapping[str, Any]) -> bool:
