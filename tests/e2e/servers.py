@@ -27,6 +27,7 @@ class JsonEcho(BaseHTTPRequestHandler):
             "method": self.command,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "tls": isinstance(self.connection, ssl.SSLSocket),
+            "client": _client_name(self.connection),
         }).encode()
         self.send_response(self.status)
         self.send_header("Content-Length", str(len(body)))
@@ -37,6 +38,14 @@ class JsonEcho(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def _client_name(connection) -> str | None:
+    """The common name of the TLS client's certificate, when the server asked for one and it verified."""
+    if not isinstance(connection, ssl.SSLSocket):
+        return None
+    cert = connection.getpeercert() or {}
+    return next((value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"), None)
 
 
 class Failing(JsonEcho):

@@ -29,7 +29,7 @@ from tests.manifests import ambient_with_waypoint
 pytestmark = pytest.mark.e2e
 
 BASE = f"127.254.{os.getpid() % 250 + 1}"
-GOOD, BAD, TLS, PROXY = f"{BASE}.1", f"{BASE}.2", f"{BASE}.3", f"{BASE}.4"
+GOOD, BAD, TLS, PROXY, MTLS = f"{BASE}.1", f"{BASE}.2", f"{BASE}.3", f"{BASE}.4", f"{BASE}.5"
 
 
 def _entry(name: str, host: str, port: int, target: int, *addresses: str) -> str:
@@ -53,6 +53,7 @@ MESH = (
     + _entry("retried", "retried.example.com", 80, 8082, GOOD, BAD)
     + _entry("secure", "secure.example.com", 443, 8443, TLS)
     + _entry("proxied", "proxied.example.com", 80, 8083, PROXY)
+    + _entry("mutual", "mutual.example.com", 443, 8444, MTLS)
     + """
 ---
 apiVersion: v1
@@ -98,7 +99,8 @@ class ProxyProtocolHandler(socketserver.StreamRequestHandler):
 
 
 def _certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
-    """A CA and a server certificate for secure.example.com signed by it; and an unrelated CA."""
+    """A CA and a server certificate for secure.example.com signed by it; an unrelated CA; and a client
+    certificate of the CA (client.pem, client-key.pem: `waypost-waypoint`)."""
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -116,13 +118,15 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
             builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
 
-    ca_key, other_key, server_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca_key, other_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
     pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
     files = {
         "ca.pem": pem(cert("test ca", ca_key, "test ca", ca_key, True)),
         "other-ca.pem": pem(cert("other ca", other_key, "other ca", other_key, True)),
         "server.pem": pem(cert("secure.example.com", server_key, "test ca", ca_key, False, "secure.example.com")),
         "server-key.pem": server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        "client.pem": pem(cert("waypost-waypoint", client_key, "test ca", ca_key, False)),
+        "client-key.pem": client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     }
     for file, data in files.items():
         (directory / file).write_bytes(data)
@@ -143,7 +147,12 @@ def servers(tmp_path_factory):
             stack.enter_context(serving(GOOD, port))
             stack.enter_context(serving(BAD, port, Failing))
         stack.enter_context(serving(TLS, 8443, tls=context))
-        yield {"ca": ca, "other_ca": other_ca}
+        mutual = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # the same certificate, and clients must have one
+        mutual.load_cert_chain(server_cert, server_key)
+        mutual.load_verify_locations(ca)
+        mutual.verify_mode = ssl.CERT_REQUIRED
+        stack.enter_context(serving(MTLS, 8444, tls=mutual))
+        yield {"ca": ca, "other_ca": other_ca, "client": directory / "client.pem", "client_key": directory / "client-key.pem"}
     proxied.shutdown()
 
 
@@ -203,6 +212,20 @@ def test_tls_origination_simple_verifies_the_server(mesh, servers, tmp_path):
     policy = f"{{tls: {{mode: SIMPLE, caCertificates: {servers['other_ca']}, sni: secure.example.com}}}}"
     _apply(mesh, tmp_path, _rule("secure.example.com", policy))
     assert mesh.request("dr/client", "http://secure.example.com:443/hello").status == 503
+
+
+def test_tls_origination_mutual_presents_the_client_certificate(mesh, servers, tmp_path):
+    """DestinationRule tls MUTUAL: the waypoint presents the given certificate to a server that requires one."""
+    simple = f"{{tls: {{mode: SIMPLE, caCertificates: {servers['ca']}, sni: secure.example.com}}}}"
+    _apply(mesh, tmp_path, _rule("mutual.example.com", simple))
+    assert mesh.request("dr/client", "http://mutual.example.com:443/").status == 503  # no client certificate: refused
+    mutual = (f"{{tls: {{mode: MUTUAL, caCertificates: {servers['ca']}, clientCertificate: {servers['client']}, "
+              f"privateKey: {servers['client_key']}, sni: secure.example.com}}}}")
+    _apply(mesh, tmp_path, _rule("mutual.example.com", mutual))
+    r = mesh.request("dr/client", "http://mutual.example.com:443/who")
+    assert r.status == 200, r.body
+    seen = json.loads(r.body)
+    assert (seen["server"], seen["tls"], seen["client"]) == (MTLS, True, "waypost-waypoint")
 
 
 def test_proxy_protocol_header_is_sent_upstream(mesh, tmp_path):
