@@ -371,3 +371,20 @@ def test_cached_resource_texts_are_the_documents_json_and_keep_only_what_a_statu
     # Same as fresh documents written over the earlier ones (a condition that did not change keeps its time).
     assert again == [json.dumps(d, sort_keys=True) for d in resource_documents(changed, second, "t1", history2, docs)]
     assert sum(1 for t in again if any(t is old for old in texts)) >= len(base) - 3
+
+
+def test_diff_answers_keyed_lookups_from_the_indexes_as_a_lookup_would():
+    base = list(resources_of("quickstart"))
+    first = build(base, PLAN)
+    routed = build(base + load_text(ROUTE_CHANGE % 1, "r.yaml").resources, PLAN, previous=address_assignments(first), reuse=first)
+    gone = build([r for r in base if not (r.KIND == "Service" and r.name == "echo-v2")], PLAN, previous=address_assignments(first), reuse=first)
+    for new in (routed, gone):
+        diff = Diff(first, new)
+        keys = {s.key for s in first.services} | {s.key for s in new.services} | {"nowhere/none"}
+        for key in keys:
+            for dep in (("call", "service", (key,), ()), ("call", "service_identity", (key,), ())):
+                before, after = getattr(first, dep[1])(key), getattr(new, dep[1])(key)
+                assert diff.changed(dep) == (before != after), (dep, before, after)
+            for port in (80, 81, 8080):
+                dep = ("call", "routes_for", (key, port), ())
+                assert diff.changed(dep) == (first.routes_for(key, port) != new.routes_for(key, port)), dep
