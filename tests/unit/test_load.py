@@ -64,3 +64,18 @@ def test_echo_images_are_recognised():
     assert echo_flavor("gcr.io/istio-testing/app:latest") == "advanced"
     assert echo_flavor("waypost/echo") == "basic"
     assert echo_flavor("curlimages/curl") is None
+
+
+def test_models_share_their_fields_sets_and_copies_stay_independent():
+    """Loaded models share equal `model_fields_set`s (memory); a copy with updates gets its own."""
+    from waypost.api import load_text
+
+    text = "".join(
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: n}}\nspec: {{selector: {{app: a}}, ports: [{{name: http, port: 80}}]}}\n"
+        for i in range(2)
+    )
+    first, second = load_text(text, "s.yaml").resources
+    assert first.spec.model_fields_set is second.spec.model_fields_set
+    before = set(first.spec.model_fields_set)
+    copy = first.spec.model_copy(update={"type": "ClusterIP"})
+    assert "type" in copy.model_fields_set and first.spec.model_fields_set == before
