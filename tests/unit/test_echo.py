@@ -30,7 +30,8 @@ import httpx
 import pytest
 
 from waypost.local.echo import EchoHost, EchoWorkload, load_spec, sniff
-from waypost.local.echo_go import canonical_header_key, parse_go_duration
+from waypost.durations import parse_go_duration
+from waypost.local.echo_go import canonical_header_key
 from waypost.local.echo_grpc import decode_string_field, encode_string_field
 
 pytestmark = pytest.mark.timeout(120)

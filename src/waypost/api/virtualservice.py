@@ -16,41 +16,23 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from waypost.durations import parse_go_duration
+
 from .meta import Model, Resource
 
 ISTIO_NETWORKING_GROUP = "networking.istio.io"
 CLASSIC_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 
-# Go's time.ParseDuration, which Istio's CRDs use (`duration(self)` in their CEL rules).
-_GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~:]+$")
 # A host as Istio's ValidateWildcardDomain accepts it: a DNS name, optionally starting with "*.", or "*".
 _HOST = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?)*)$")
-
-
-def go_duration_seconds(value: str) -> float:
-    """Seconds of a Go duration ("1.5s", "2m30s", "500ms"); ValueError when it is not one."""
-    text = value
-    if text == "0":
-        return 0.0
-    total = 0.0
-    if not text:
-        raise ValueError("empty duration")
-    while text:
-        m = _GO_DURATION.match(text)
-        if m is None:
-            raise ValueError(f"invalid duration {value!r} (write it as Go does, e.g. 10s, 1.5s, 500ms or 1m30s)")
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(3)]
-        text = text[m.end():]
-    return total
 
 
 def check_duration(value: str | None, minimum: float = 0.001) -> str | None:
     """A Go duration of at least 1 ms, as the CRDs' CEL rules `duration(self) >= duration('1ms')` require."""
     if value is None:
         return value
-    if go_duration_seconds(value) < minimum:
+    if parse_go_duration(value) < minimum:
         raise ValueError(f"duration {value!r} must be at least 1ms")
     return value
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from waypost.api.destinationrule import DestinationRuleSpec, Subset, TrafficPolicy
-from waypost.api.virtualservice import go_duration_seconds
+from waypost.durations import parse_go_duration
 
 from . import common as c
 
@@ -74,7 +74,7 @@ def subset_of(spec: DestinationRuleSpec | None, name: str) -> Subset | None:
 
 
 def _duration(value: str) -> str:
-    return f"{go_duration_seconds(value):g}s"
+    return f"{parse_go_duration(value):g}s"
 
 
 def _load_balancer(cluster: dict[str, Any], lb) -> None:
@@ -152,9 +152,9 @@ def _connection_pool(cluster: dict[str, Any], pool, retry_budget) -> None:
         if k.probes:
             keepalive["keepalive_probes"] = k.probes
         if k.time:
-            keepalive["keepalive_time"] = max(1, int(go_duration_seconds(k.time)))
+            keepalive["keepalive_time"] = max(1, int(parse_go_duration(k.time)))
         if k.interval:
-            keepalive["keepalive_interval"] = max(1, int(go_duration_seconds(k.interval)))
+            keepalive["keepalive_interval"] = max(1, int(parse_go_duration(k.interval)))
         cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
     options = _http_options(cluster)
     if options is None:

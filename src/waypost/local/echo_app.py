@@ -22,7 +22,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
-from waypost.local.echo_go import clean_path, go_json, go_json_indented, is_token, parse_go_duration, split_target
+from waypost.durations import parse_go_duration
+from waypost.local.echo_go import clean_path, go_json, go_json_indented, is_token, split_target
 
 FLAVORS = ("basic", "advanced", "ext-authz")  # ext-authz: Istio's sample external authorizer (local.extauthz)
 

@@ -10,7 +10,8 @@ import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from waypost.api.virtualservice import HTTPMatchRequest, HTTPRoute as VSHTTPRoute, StringMatch, VirtualService, go_duration_seconds
+from waypost.api.virtualservice import HTTPMatchRequest, HTTPRoute as VSHTTPRoute, StringMatch, VirtualService
+from waypost.durations import parse_go_duration
 
 from .http import regex_problem
 from .model import (
@@ -61,7 +62,7 @@ def _millionths(percent: float | int | None) -> int:
 
 
 def _ms(duration: str | None) -> int | None:
-    return None if duration is None else int(round(go_duration_seconds(duration) * 1000))
+    return None if duration is None else int(round(parse_go_duration(duration) * 1000))
 
 
 def _value_match(name: str, m: StringMatch, invert: bool = False) -> ValueMatch:
@@ -304,7 +305,7 @@ def _cors(c) -> Cors:
         allow_methods=tuple(c.allow_methods),
         allow_headers=tuple(c.allow_headers),
         expose_headers=tuple(c.expose_headers),
-        max_age=int(go_duration_seconds(c.max_age)) if c.max_age is not None else None,
+        max_age=int(parse_go_duration(c.max_age)) if c.max_age is not None else None,
         origin_matches=tuple(_value_match("origin", m) for m in c.allow_origins),
         kind=KIND,
         forward_unmatched_preflights=c.unmatched_preflights != "IGNORE",
