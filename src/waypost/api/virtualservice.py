@@ -415,19 +415,17 @@ class HTTPRoute(Model):
         if len(actions) > 1:
             raise ValueError(f"http route may have only one of route, redirect or directResponse (has {', '.join(actions)})")
         if self.redirect is not None or self.direct_response is not None:
-            for what, value in (("rewrite", self.rewrite), ("fault", self.fault), ("mirror", self.mirror or self.mirrors), ("retries", self.retries), ("timeout", self.timeout)):
-                if value and what != "fault":
+            for what, value in (("rewrite", self.rewrite), ("mirror", self.mirror or self.mirrors), ("retries", self.retries), ("timeout", self.timeout)):
+                if value:
                     raise ValueError(f"{what} cannot be combined with {actions[0]}")
         if self.mirror is not None and self.mirrors:
             raise ValueError("only one of mirror or mirrors may be set")
         if self.mirrors and (self.mirror_percent_value is not None or self.mirror_percent_legacy is not None or self.mirror_percentage is not None):
             raise ValueError("mirrors takes its percentage per mirror, not mirrorPercent/mirrorPercentage")
-        if self.mirror_percent_value is not None and self.mirror_percent_value > 100 or self.mirror_percent_legacy is not None and self.mirror_percent_legacy > 100:
+        if max(self.mirror_percent_value or 0, self.mirror_percent_legacy or 0) > 100:
             raise ValueError("mirrorPercent must be at most 100")
-        if len(self.route) > 1 or any(d.weight is not None for d in self.route):
-            total = sum(d.weight or 0 for d in self.route)
-            if len(self.route) > 1 and total == 0:
-                raise ValueError("total destination weight is 0")
+        if len(self.route) > 1 and sum(d.weight or 0 for d in self.route) == 0:
+            raise ValueError("total destination weight is 0")
         return self
 
 

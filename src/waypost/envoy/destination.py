@@ -251,7 +251,7 @@ def _transport(cluster: dict[str, Any], tls, proxy_protocol) -> None:
             upstream["auto_san_validation"] = True
         opts["upstream_http_protocol_options"] = upstream
     if proxy_protocol is not None and proxy_protocol.version is not None:
-        wrapped = inner or {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": c.T_RAW_BUFFER}}
+        wrapped = inner or c.RAW_BUFFER
         inner = {
             "name": "envoy.transport_sockets.upstream_proxy_protocol",
             "typed_config": {"@type": T_PROXY_PROTOCOL, "config": {"version": proxy_protocol.version}, "transport_socket": wrapped},

@@ -209,7 +209,7 @@ def _istio_retry(r: IstioRetry) -> dict[str, Any] | None:
     """A VirtualService `retries` stanza as Istio's retry.ConvertPolicy renders it."""
     if r.attempts == 0:
         return None
-    policy: dict[str, Any] = {"retry_on": r.retry_on, "num_retries": r.attempts}
+    policy: dict[str, Any] = {"retry_on": r.retry_on or DEFAULT_RETRY_ON, "num_retries": r.attempts}
     if r.codes:
         policy["retriable_status_codes"] = list(r.codes)
     if r.previous_hosts:

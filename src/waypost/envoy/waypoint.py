@@ -180,14 +180,9 @@ def _l4_chains(snapshot: MeshSnapshot, service: Service, port: int, match: dict[
             kind = f"tcp/{b.subset}" if b.subset else "tcp"
             name = f"outbound|{b.port}|{kind}|{b.service}" if b.exists else f"missing|{b.port}|{kind}|{b.service}"
             if b.exists:
-                backend = snapshot.service_by_fqdn(b.service)
-                assert backend is not None
-                proxy_namespace = service.waypoint.namespace if service.waypoint is not None else service.namespace
-                rule = snapshot.destination_rule(b.service, proxy_namespace, backend.namespace)
-                chosen = destination.subset_of(rule, b.subset) if b.subset else None
-                if not b.subset or chosen is not None:  # an undefined subset: no cluster, its share is refused
-                    endpoints = destination.subset_endpoints(backend.endpoints_for(b.port), lambda e: _workload_labels(snapshot, e), chosen)
-                    add_cluster(destination.apply(endpoint_cluster(name, endpoints, None, snapshot), rule, b.port, b.subset))
+                cluster = _backend_cluster(snapshot, service, name, b.service, b.port, b.subset, None)
+                if cluster is not None:  # None: an undefined subset, whose share is refused
+                    add_cluster(cluster)
             weighted.append({"name": name, "weight": b.weight})
         stat = f"{l4.kind.lower()}_{service.namespace}_{service.name}_{port}"
         proxy = (
@@ -281,28 +276,41 @@ def _service_routes_section(snapshot: MeshSnapshot, service: Service) -> Section
     A section of its own, apart from the service's chains (`_service_section`): a route change then
     translates only this, not the chains with their policies and telemetry."""
     out = _Builder()
-    proxy_namespace = service.waypoint.namespace if service.waypoint is not None else service.namespace
     for sp in service.ports:
         if sp.protocol not in HTTP_PORTS:
             continue
-        route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, f"{service.fqdn}:{sp.port}", proxy_namespace)
+        route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, f"{service.fqdn}:{sp.port}", _proxy_namespace(service))
         out.routes.append(route_config)
         for backend, port, subset in backend_clusters:
             backend_service = snapshot.service_by_fqdn(backend)
             assert backend_service is not None  # routing only names existing backends here
-            if backend_service.dynamic_dns:
-                out.add_cluster(dfp_cluster(f"outbound|{port}|{subset}|{backend}", backend_service))  # resolved per request
-                continue
-            rule = snapshot.destination_rule(backend, proxy_namespace, backend_service.namespace)
-            chosen = destination.subset_of(rule, subset) if subset else None
-            if subset and chosen is None:
-                continue  # a subset no DestinationRule defines: no cluster, so its share gets 503 (as in Istio)
             bp = backend_service.port(port)
             bhttp = "h2" if bp is not None and bp.protocol in ("HTTP2", "GRPC") else "auto"
-            endpoints = destination.subset_endpoints(backend_service.endpoints_for(port), lambda e: _workload_labels(snapshot, e), chosen)
-            cluster = endpoint_cluster(f"outbound|{port}|{subset}|{backend}", endpoints, bhttp, snapshot)
-            out.add_cluster(destination.apply(cluster, rule, port, subset))
+            cluster = _backend_cluster(snapshot, service, f"outbound|{port}|{subset}|{backend}", backend, port, subset, bhttp)
+            if cluster is not None:  # None: a subset no DestinationRule defines, whose share gets 503 (as in Istio)
+                out.add_cluster(cluster)
     return out.section()
+
+
+def _proxy_namespace(service: Service) -> str:
+    """The namespace of the waypoint that serves `service`: the one whose DestinationRules it applies."""
+    return service.waypoint.namespace if service.waypoint is not None else service.namespace
+
+
+def _backend_cluster(snapshot: MeshSnapshot, routed: Service, name: str, backend: str, port: int, subset: str, http: str | None) -> dict[str, Any] | None:
+    """The cluster `name` of a route backend (host `backend`, `port`, `subset`) in the waypoint of `routed`:
+    its endpoints (a subset's only) with the DestinationRule the waypoint applies; a DYNAMIC_DNS entry's
+    forward-proxy cluster; None for a subset no rule defines."""
+    backend_service = snapshot.service_by_fqdn(backend)
+    assert backend_service is not None  # routes name existing backends only
+    if backend_service.dynamic_dns:
+        return dfp_cluster(name, backend_service)  # resolved per request
+    rule = snapshot.destination_rule(backend, _proxy_namespace(routed), backend_service.namespace)
+    chosen = destination.subset_of(rule, subset) if subset else None
+    if subset and chosen is None:
+        return None
+    endpoints = destination.subset_endpoints(backend_service.endpoints_for(port), lambda e: _workload_labels(snapshot, e), chosen)
+    return destination.apply(endpoint_cluster(name, endpoints, http, snapshot), rule, port, subset)
 
 
 def _workload_labels(snapshot: MeshSnapshot, endpoint: Endpoint) -> dict[str, str]:

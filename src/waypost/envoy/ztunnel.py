@@ -39,7 +39,6 @@ TLV_SA = 0xE0  # PROXY protocol v2 TLV types in the custom range (0xE0-0xEF): th
 TLV_LABELS = {label: 0xE1 + i for i, label in enumerate(telemetry.SOURCE_LABELS)}
 T_PROXY_PROTOCOL_UPSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport"
 T_PROXY_PROTOCOL = "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
-T_RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 NO_SOURCE = "ztunnel_no_source"  # not a cluster: a connection without a recorded source is dropped
 T_NET_SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
 INBOUND = "ztunnel_inbound"

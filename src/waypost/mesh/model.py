@@ -282,7 +282,7 @@ class IstioRetry:
     """A VirtualService `retries` stanza (Istio's retry.ConvertPolicy)."""
 
     attempts: int
-    retry_on: str  # Envoy retry_on policies
+    retry_on: str  # Envoy retry_on policies; "" = Istio's default ones
     codes: tuple[int, ...]
     per_try_timeout_ms: int | None
     backoff_ms: int | None

@@ -32,8 +32,6 @@ from .model import (
 )
 
 KIND = "VirtualService"
-# Istio's default retry_on for a `retries` stanza without retryOn (retry.DefaultPolicy).
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 
 
 def resolve_host(host: str, namespace: str) -> str:
@@ -286,7 +284,7 @@ def _retry(r) -> IstioRetry:
             policies.append("retriable-status-codes")
         retry_on = ",".join(policies)
     else:
-        retry_on = DEFAULT_RETRY_ON
+        retry_on = ""  # Istio's default policies (the translation's DEFAULT_RETRY_ON)
     return IstioRetry(
         attempts=r.attempts or 0,  # unset is 0: no retries (Istio's ConvertPolicy)
         retry_on=retry_on,
