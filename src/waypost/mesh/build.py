@@ -22,6 +22,7 @@ from waypost.api.virtualservice import VirtualService
 from waypost.api.security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 
 from .destinations import DestinationRuleIndex
+from .http import WithHosts
 from . import l4routes, policies as authz, registry, routes as route_attachment, virtualservices, waypoints as binding
 from .addresses import AddressPlan
 from .model import AuthzProvider, Condition, MeshSnapshot, ResourceStatus, Service, Waypoint, WaypointRef, Workload, entry_host_key
@@ -367,9 +368,10 @@ def build(
     workloads, services = reg.workloads, reg.services
     statuses: list[ResourceStatus] = list(reg.statuses)
 
+    lookup = WithHosts(services)  # one set of service indexes for the attachment steps
     routes, route_statuses, rule_memo = route_attachment.attach(
         sorted([*of(HTTPRoute), *of(GRPCRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
-        services,
+        lookup,
         waypoint_gateways,
         namespace_labels,
         reg.service_labels,
@@ -378,17 +380,18 @@ def build(
     statuses.extend(route_statuses)
     l4, l4_statuses = l4routes.attach(
         sorted([*of(TCPRoute), *of(TLSRoute)], key=lambda r: (r.KIND, r.namespace, r.name)),
-        services,
+        lookup,
         {(r.service, r.port) for r in routes},
     )
     statuses.extend(l4_statuses)
     destination_rules = tuple(sorted(of(DestinationRule), key=lambda d: (d.metadata.creation_timestamp or "", d.namespace, d.name)))
     # VirtualServices route the service ports no Gateway API route routes (waypost's mixing rule).
+    rule_index = DestinationRuleIndex(destination_rules, root_namespace)
     vs_routes, vs_l4, vs_statuses = virtualservices.attach(
-        of(VirtualService), services,
+        of(VirtualService), lookup,
         {(r.service, r.port): f"{r.entries[0].kind} {r.entries[0].route}" for r in routes if r.entries},
         {(r.service, r.port): f"{r.kind} {r.entries[0].route}" for r in l4 if r.entries},
-        DestinationRuleIndex(destination_rules, root_namespace),
+        rule_index,
     )
     routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
     l4 = tuple(sorted((*l4, *vs_l4), key=lambda r: (r.service, r.port)))
@@ -433,6 +436,7 @@ def build(
         envoy_filters=tuple(sorted(of(EnvoyFilter), key=lambda f: (f.namespace, f.name))),
         # Istio's conflict rule for PeerAuthentications of one scope: the oldest wins.
         destination_rules=destination_rules,
+        destination_rule_index=rule_index,
         peer_authentications=tuple(sorted(of(PeerAuthentication), key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name))),
         mesh_config=mesh,
         rule_memo=rule_memo,

@@ -21,6 +21,7 @@ from .vsroutes import exported_to, host_matches, resolve_host
 
 class DestinationRuleIndex:
     def __init__(self, rules: Sequence[DestinationRule], root_namespace: str) -> None:
+        self.rules = rules
         self.root = root_namespace
         self.by_namespace: dict[str, list[tuple[str, DestinationRule]]] = {}
         for rule in rules:  # oldest first

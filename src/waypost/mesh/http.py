@@ -94,22 +94,46 @@ HOST_KEY = "\0host:"  # `services` key prefix of a lookup by host name (`WithHos
 
 
 class WithHosts:
-    """Services by key, and by host name under `HOST_KEY + host` (backendRefs of kind Hostname)."""
+    """The services of a build as the attachment steps look them up: by key, by host name (`hosts`, or
+    `get(HOST_KEY + host)` for backendRefs of kind Hostname; the first service of a host wins), and by the
+    resource that defines them (`named`: a ServiceEntry has one per host). `build` makes one for all the
+    steps; the indexes are made on first use."""
 
-    __slots__ = ("_services", "_by_host")
+    __slots__ = ("services", "_by_host", "_by_name")
 
     def __init__(self, services: Mapping[str, Service]) -> None:
-        self._services = services
+        self.services = services
         self._by_host: dict[str, Service] | None = None
+        self._by_name: dict[tuple[str, str, str], list[Service]] | None = None
+
+    @staticmethod
+    def of(services: "Mapping[str, Service] | WithHosts") -> "WithHosts":
+        return services if isinstance(services, WithHosts) else WithHosts(services)
+
+    @property
+    def hosts(self) -> Mapping[str, Service]:
+        if self._by_host is None:
+            self._by_host = {}
+            for s in self.services.values():
+                self._by_host.setdefault(s.fqdn, s)
+        return self._by_host
+
+    def named(self, kind: str, namespace: str, name: str) -> list[Service]:
+        """The mesh services of one resource: a Service's, or a ServiceEntry's, one per host (a parentRef or
+        targetRef names the resource, so it means every host)."""
+        if self._by_name is None:
+            self._by_name = {}
+            for s in self.services.values():
+                self._by_name.setdefault((s.kind, s.namespace, s.name), []).append(s)
+        return self._by_name.get((kind, namespace, name), [])
+
+    def values(self):
+        return self.services.values()
 
     def get(self, key: str, default=None):
         if key.startswith(HOST_KEY):
-            if self._by_host is None:
-                self._by_host = {}
-                for s in self._services.values():
-                    self._by_host.setdefault(s.fqdn, s)
-            return self._by_host.get(key[len(HOST_KEY):], default)
-        return self._services.get(key, default)
+            return self.hosts.get(key[len(HOST_KEY):], default)
+        return self.services.get(key, default)
 
 
 class BackendResolver:

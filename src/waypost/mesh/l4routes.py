@@ -17,7 +17,7 @@ from waypost.api.l4routes import TCPRoute, TLSRoute
 
 from .http import BackendResolver, WithHosts
 from .model import Condition, L4RouteEntry, L4Routes, ResourceStatus, Service, WeightedBackend
-from .routes import ACCEPTED, RESOLVED_REFS, parent_text, services_by_name
+from .routes import ACCEPTED, RESOLVED_REFS, parent_text
 
 L4_KINDS = ("TLSRoute", "TCPRoute")
 
@@ -32,10 +32,10 @@ def _ports(ref, service: Service) -> list[int]:
 
 
 def attach(
-    routes: list[TCPRoute | TLSRoute], services: Mapping[str, Service], http_ports: set[tuple[str, int]]
+    routes: list[TCPRoute | TLSRoute], services: Mapping[str, Service] | WithHosts, http_ports: set[tuple[str, int]]
 ) -> tuple[tuple[L4Routes, ...], tuple[ResourceStatus, ...]]:
-    resolver = BackendResolver(WithHosts(services))
-    named = services_by_name(services)
+    lookup = WithHosts.of(services)
+    resolver = BackendResolver(lookup)
     collected: dict[tuple[str, int, str], list[tuple[tuple, L4RouteEntry]]] = {}
     claims: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}
     statuses: list[ResourceStatus] = []
@@ -58,7 +58,7 @@ def attach(
                 if ref.kind != "Gateway":
                     parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            hosts = named.get((ref.kind, ns, ref.name), [])  # a ServiceEntry: every host
+            hosts = lookup.named(ref.kind, ns, ref.name)  # a ServiceEntry: every host
             if not hosts:
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent service: "{ref.name}" not found'),)))
                 continue

@@ -429,6 +429,7 @@ class MeshSnapshot:
     envoy_filters: tuple = field(default=())  # api EnvoyFilter values, sorted by namespace/name
     peer_authentications: tuple = field(default=())  # api PeerAuthentication values, oldest first
     destination_rules: tuple = field(default=())  # api DestinationRule values, oldest first
+    destination_rule_index: Any = field(default=None, compare=False, repr=False)  # the one build made of them
     wasm_modules: tuple[WasmModule, ...] = field(default=())  # fetched by the local layer (waypost.local.wasm)
     mesh_config: Any = None  # waypost.api.meshconfig.MeshConfig in effect (None: all defaults)
     # What `build` may reuse when it builds the next snapshot (`build(..., reuse=this)`): route rules turned
@@ -569,6 +570,9 @@ class MeshSnapshot:
     def _destination_rules(self) -> Any:
         from .destinations import DestinationRuleIndex
 
+        made = self.destination_rule_index  # build's, when it is of these very rules
+        if made is not None and made.rules is self.destination_rules and made.root == self.root_namespace:
+            return made
         return DestinationRuleIndex(self.destination_rules, self.root_namespace)
 
     def destination_rule(self, host: str, proxy_namespace: str, service_namespace: str) -> Any:

@@ -45,15 +45,6 @@ def parent_text(ref: ParentReference, route_ns: str) -> str:
     return text
 
 
-def services_by_name(services: Mapping[str, Service]) -> dict[tuple[str, str, str], list[Service]]:
-    """(kind, namespace, name) → the mesh services of that resource: one for a Service, one per host for a
-    ServiceEntry (a parentRef or targetRef names the resource, so it means every host)."""
-    out: dict[tuple[str, str, str], list[Service]] = {}
-    for service in services.values():
-        out.setdefault((service.kind, service.namespace, service.name), []).append(service)
-    return out
-
-
 def _is_service_ref(ref: ParentReference) -> bool:
     return (ref.kind == "Service" and ref.group in ("", "core")) or (ref.kind == "ServiceEntry" and ref.group == "networking.istio.io")
 
@@ -122,7 +113,7 @@ def _rule_results(route: HTTPRoute | GRPCRoute, services: Mapping[str, Service],
 
 def attach(
     routes: list[HTTPRoute | GRPCRoute],
-    services: Mapping[str, Service],
+    services: Mapping[str, Service] | WithHosts,
     waypoint_gateways: Mapping[WaypointRef, object],
     namespace_labels: Mapping[str, Mapping[str, str]],
     service_labels: Mapping[str, Mapping[str, str]],
@@ -132,16 +123,15 @@ def attach(
     the memo for the next call. The rule results an earlier call left in `memo` are reused for routes that
     did not change (the same objects) and whose backends did not either: turning every rule of every route
     into entries again was half of rebuilding a 1000-route mesh for one change."""
+    lookup = WithHosts.of(services)
     new_memo = RuleMemo()
-    new_memo.services = services
-    same_services = memo is not None and getattr(memo, "services", None) is services
+    new_memo.services = lookup.services
+    same_services = memo is not None and getattr(memo, "services", None) is lookup.services
     # (service, port, kind) -> group -> [(sort key, entry)]; group None = producers, "ns" = consumers of ns.
     by_service: dict[tuple[str, int, str], dict[str | None, list]] = {}
     by_waypoint: dict[tuple[WaypointRef, str], dict[str | None, list]] = {}
     statuses: list[ResourceStatus] = []
     claims: dict[tuple[str, str, str, str], list[tuple[str, int]]] = {}  # (kind, ns, name, parent) -> ports
-    lookup = WithHosts(services)
-    named = services_by_name(services)
     for route in routes:
         results, looked = _rule_results(route, lookup, memo, same_services)
         new_memo[id(route)] = (route, results, looked)
@@ -176,7 +166,7 @@ def attach(
             if not _is_service_ref(ref):
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            hosts = named.get((ref.kind, ns, ref.name), [])  # a ServiceEntry: one mesh service per host
+            hosts = lookup.named(ref.kind, ns, ref.name)  # a ServiceEntry: one mesh service per host
             if not hosts:
                 what = "service" if ref.kind == "Service" else "serviceentry"
                 parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent {what}: "{ref.name}" not found'),)))
@@ -212,7 +202,7 @@ def attach(
         statuses.append(ResourceStatus(route.KIND, route.namespace, route.name, (), tuple(parents)))
 
     # Waypoint-attached routes fill in, per group, where no Service-attached route of that group exists.
-    for service in services.values():
+    for service in lookup.values():
         if service.waypoint is None:
             continue
         for kind in KIND_PRECEDENCE:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from waypost.api.virtualservice import VirtualService
 
 from .model import Condition, HTTPRouteEntry, L4Routes, ResourceStatus, Service, ServiceRoutes, WeightedBackend
+from .http import WithHosts
 from .vsroutes import KIND, Resolver, exported_to, host_matches, http_entries, is_catch_all, l4_routes, problems, resolve_host
 
 
@@ -43,7 +44,7 @@ def _unresolved(backends, by_fqdn: Mapping[str, Service], rules, waypoint_namesp
 
 
 def attach(
-    virtual_services: list[VirtualService], services: Mapping[str, Service], taken: Mapping[tuple[str, int], str],
+    virtual_services: list[VirtualService], services: Mapping[str, Service] | WithHosts, taken: Mapping[tuple[str, int], str],
     taken_l4: Mapping[tuple[str, int], str] | None = None, rules=None,
 ) -> tuple[tuple[ServiceRoutes, ...], tuple[L4Routes, ...], tuple[ResourceStatus, ...]]:
     """Route entries of the VirtualServices for each waypoint-served service port (HTTP and TCP/TLS), and
@@ -52,9 +53,8 @@ def attach(
     taken_l4 = taken_l4 or {}
     missing: dict[tuple, set[str]] = {}  # vs key -> destinations that resolve to nothing
     l4_out: list[L4Routes] = []
-    by_fqdn: dict[str, Service] = {}
-    for s in services.values():
-        by_fqdn.setdefault(s.fqdn, s)
+    lookup = WithHosts.of(services)
+    by_fqdn = lookup.hosts
     resolver = Resolver(by_fqdn)
     ordered = sorted((vs for vs in virtual_services if vs.for_mesh), key=lambda v: (v.metadata.creation_timestamp or "", v.name, v.namespace))
     invalid = {vs.key: problems(vs) for vs in ordered}
