@@ -49,3 +49,36 @@ def deny_paths(namespace: str, name: str, service: str, *paths: str) -> str:
         f'spec:\n  targetRefs: [{{kind: Service, group: "", name: {service}}}]\n  action: DENY\n'
         f"  rules: [{{to: [{{operation: {{paths: [{', '.join(paths)}]}}}}]}}]\n"
     )
+
+
+def service_entry(
+    namespace: str, name: str, hosts: list[str], port: int, *, target_port: int | None = None, resolution: str = "STATIC",
+    endpoints: tuple[str, ...] = (), waypoint: str | None = None, waypoint_namespace: str | None = None,
+) -> str:
+    """A ServiceEntry with one HTTP port (named http); `waypoint` binds it with istio.io/use-waypoint."""
+    labels = []
+    if waypoint:
+        labels.append(f"istio.io/use-waypoint: {waypoint}")
+    if waypoint_namespace:
+        labels.append(f"istio.io/use-waypoint-namespace: {waypoint_namespace}")
+    meta = f"{{name: {name}, namespace: {namespace}" + (f", labels: {{{', '.join(labels)}}}" if labels else "") + "}"
+    target = f", targetPort: {target_port}" if target_port else ""
+    quoted = ", ".join(f'"{h}"' for h in hosts)
+    out = (
+        f"\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {meta}\n"
+        f"spec:\n  hosts: [{quoted}]\n  ports: [{{number: {port}, name: http, protocol: HTTP{target}}}]\n  resolution: {resolution}\n"
+    )
+    if endpoints:
+        out += "  endpoints: [" + ", ".join(f"{{address: {a}}}" for a in endpoints) + "]\n"
+    return out
+
+
+def header_route(namespace: str, name: str, entry: str, header: str, value: str, backend: str) -> str:
+    """An HTTPRoute on ServiceEntry `entry` that sets `header: value` and forwards to `backend` (a backendRef
+    in YAML flow style)."""
+    return (
+        f"\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec:\n  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: {entry}}}]\n"
+        f"  rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: {header}, value: \"{value}\"}}]}}}}], "
+        f"backendRefs: [{backend}]}}]\n"
+    )

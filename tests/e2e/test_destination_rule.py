@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.e2e.servers import Failing, serving
-from tests.manifests import ambient_with_waypoint
+from tests.manifests import ambient_with_waypoint, service_entry
 
 pytestmark = pytest.mark.e2e
 
@@ -32,28 +32,13 @@ BASE = f"127.254.{os.getpid() % 250 + 1}"
 GOOD, BAD, TLS, PROXY, MTLS = f"{BASE}.1", f"{BASE}.2", f"{BASE}.3", f"{BASE}.4", f"{BASE}.5"
 
 
-def _entry(name: str, host: str, port: int, target: int, *addresses: str) -> str:
-    endpoints = ", ".join(f"{{address: {a}}}" for a in addresses)
-    return f"""
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: dr, labels: {{istio.io/use-waypoint: waypoint}}}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: {port}, name: http, protocol: HTTP, targetPort: {target}}}]
-  resolution: STATIC
-  endpoints: [{endpoints}]
-"""
-
-
 MESH = (
     ambient_with_waypoint("dr")
-    + _entry("flaky", "flaky.example.com", 80, 8081, GOOD, BAD)
-    + _entry("retried", "retried.example.com", 80, 8082, GOOD, BAD)
-    + _entry("secure", "secure.example.com", 443, 8443, TLS)
-    + _entry("proxied", "proxied.example.com", 80, 8083, PROXY)
-    + _entry("mutual", "mutual.example.com", 443, 8444, MTLS)
+    + service_entry("dr", "flaky", ["flaky.example.com"], 80, target_port=8081, endpoints=(GOOD, BAD), waypoint="waypoint")
+    + service_entry("dr", "retried", ["retried.example.com"], 80, target_port=8082, endpoints=(GOOD, BAD), waypoint="waypoint")
+    + service_entry("dr", "secure", ["secure.example.com"], 443, target_port=8443, endpoints=(TLS,), waypoint="waypoint")
+    + service_entry("dr", "proxied", ["proxied.example.com"], 80, target_port=8083, endpoints=(PROXY,), waypoint="waypoint")
+    + service_entry("dr", "mutual", ["mutual.example.com"], 443, target_port=8444, endpoints=(MTLS,), waypoint="waypoint")
     + """
 ---
 apiVersion: v1

@@ -8,40 +8,26 @@ import os
 import pytest
 
 from tests.e2e.servers import serving
-from tests.manifests import ambient_with_waypoint
+from tests.manifests import ambient_with_waypoint, header_route, service_entry
 
 pytestmark = pytest.mark.e2e
 
 ADDRESS = f"127.253.{os.getpid() % 250 + 1}.1"
 
 
-MESH = ambient_with_waypoint("egress", namespace_uses_waypoint=False) + f"""
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: ext, namespace: egress, labels: {{istio.io/use-waypoint: waypoint}}}}
-spec:
-  hosts: [api.example.com]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8081}}]
-  resolution: STATIC
-  endpoints: [{{address: {ADDRESS}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: ext, namespace: egress}}
-spec:
-  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: ext}}]
-  rules:
-  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-via, value: egress-waypoint}}]}}}}]
-    backendRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: ext, port: 80}}]
+MESH = (
+    ambient_with_waypoint("egress", namespace_uses_waypoint=False)
+    + service_entry("egress", "ext", ["api.example.com"], 80, target_port=8081, endpoints=(ADDRESS,), waypoint="waypoint")
+    + header_route("egress", "ext", "ext", "x-via", "egress-waypoint", "{group: networking.istio.io, kind: ServiceEntry, name: ext, port: 80}")
+) + """
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: no-blocked, namespace: egress}}
+metadata: {name: no-blocked, namespace: egress}
 spec:
-  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: ext}}]
+  targetRefs: [{group: networking.istio.io, kind: ServiceEntry, name: ext}]
   action: DENY
-  rules: [{{to: [{{operation: {{paths: [/blocked]}}}}]}}]
+  rules: [{to: [{operation: {paths: [/blocked]}}]}]
 """
 
 

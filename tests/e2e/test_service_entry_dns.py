@@ -12,7 +12,7 @@ import json
 import pytest
 
 from tests.e2e.servers import serving
-from tests.manifests import ambient_namespace, client, waypoint
+from tests.manifests import ambient_namespace, client, header_route, service_entry, waypoint
 
 pytestmark = pytest.mark.e2e
 
@@ -27,101 +27,27 @@ def mesh_text(port: int) -> str:
             "listeners: [{name: mesh, port: 15008, protocol: HBONE}]",
             "listeners: [{name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: All}}}]",
         )
-        + f"""
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: direct, namespace: app}}
-spec:
-  hosts: [direct.example.com]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
-  resolution: DNS
-  endpoints: [{{address: localhost}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: external
-  namespace: app
-  labels: {{istio.io/use-waypoint: egress-gateway, istio.io/use-waypoint-namespace: egress}}
-spec:
-  hosts: [fake-egress.example.com]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
-  resolution: DNS_ROUND_ROBIN
-  endpoints: [{{address: localhost}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: by-host, namespace: app}}
-spec:
-  hosts: [localhost]
-  ports: [{{number: 8080, name: http, protocol: HTTP, targetPort: {port}}}]
-  resolution: DNS
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: external, namespace: app}}
-spec:
-  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external}}]
-  rules:
-  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-egress, value: waypoint}}]}}}}]
-    backendRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external, port: 80}}]
----
-# Several hosts: one mesh service per host; a parentRef to the entry attaches to every host.
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: multi
-  namespace: app
-  labels: {{istio.io/use-waypoint: egress-gateway, istio.io/use-waypoint-namespace: egress}}
-spec:
-  hosts: [a.multi.example, b.multi.example]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
-  resolution: DNS
-  endpoints: [{{address: localhost}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: multi, namespace: app}}
-spec:
-  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: multi}}]
-  rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-multi, value: "yes"}}]}}}}],
-            backendRefs: [{{group: networking.istio.io, kind: Hostname, name: b.multi.example, port: 80}}]}}]
----
-# DYNAMIC_DNS (C66-C68): the waypoint resolves the name each request's Host header gives.
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: wild
-  namespace: app
-  labels: {{istio.io/use-waypoint: egress-gateway, istio.io/use-waypoint-namespace: egress}}
-spec:
-  hosts: ["*.localhost"]
-  ports: [{{number: {port}, name: http, protocol: HTTP}}]
-  resolution: DYNAMIC_DNS
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: wild, namespace: app}}
-spec:
-  parentRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: wild}}]
-  rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-wild, value: "yes"}}]}}}}],
-            backendRefs: [{{group: networking.istio.io, kind: Hostname, name: "*.localhost", port: {port}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: unserved, namespace: app}}
-spec:
-  hosts: ["*.unserved.example"]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: DYNAMIC_DNS
+        + service_entry("app", "direct", ["direct.example.com"], 80, target_port=port, resolution="DNS", endpoints=("localhost",))
+        + service_entry("app", "external", ["fake-egress.example.com"], 80, target_port=port, resolution="DNS_ROUND_ROBIN",
+                        endpoints=("localhost",), waypoint="egress-gateway", waypoint_namespace="egress")
+        + service_entry("app", "by-host", ["localhost"], 8080, target_port=port, resolution="DNS")
+        + header_route("app", "external", "external", "x-egress", "waypoint", "{group: networking.istio.io, kind: ServiceEntry, name: external, port: 80}")
+        # Several hosts: one mesh service per host; a parentRef to the entry attaches to every host.
+        + service_entry("app", "multi", ["a.multi.example", "b.multi.example"], 80, target_port=port, resolution="DNS",
+                        endpoints=("localhost",), waypoint="egress-gateway", waypoint_namespace="egress")
+        + header_route("app", "multi", "multi", "x-multi", "yes", "{group: networking.istio.io, kind: Hostname, name: b.multi.example, port: 80}")
+        # DYNAMIC_DNS (C66-C68): the waypoint resolves the name each request's Host header gives.
+        + service_entry("app", "wild", ["*.localhost"], port, resolution="DYNAMIC_DNS", waypoint="egress-gateway", waypoint_namespace="egress")
+        + header_route("app", "wild", "wild", "x-wild", "yes", f'{{group: networking.istio.io, kind: Hostname, name: "*.localhost", port: {port}}}')
+        + service_entry("app", "unserved", ["*.unserved.example"], 80, resolution="DYNAMIC_DNS")
+        + """
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: get-only, namespace: app}}
+metadata: {name: get-only, namespace: app}
 spec:
-  targetRefs: [{{group: networking.istio.io, kind: ServiceEntry, name: external}}]
-  rules: [{{to: [{{operation: {{methods: [GET]}}}}]}}]
+  targetRefs: [{group: networking.istio.io, kind: ServiceEntry, name: external}]
+  rules: [{to: [{operation: {methods: [GET]}}]}]
 """
     )
 
