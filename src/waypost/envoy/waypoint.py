@@ -18,7 +18,7 @@ from typing import Any
 from waypost.mesh.model import Endpoint, L4Routes, MeshSnapshot, Service, Waypoint, Workload
 from waypost.mesh.registry import port_protocol
 
-from waypost.mesh.tracking import Diff, Recorder
+from waypost.mesh.tracking import Diff, ReadIndex, Recorder
 
 from . import common as c
 from . import destination, extauthz, extensions, jwt, rbac, routing, telemetry
@@ -237,6 +237,7 @@ class Memo:
 
     sections: Mapping[str, tuple[tuple, frozenset, Section]] = field(default_factory=dict)  # key -> (args, reads, section)
     assembled: Mapping[str, tuple[tuple, dict[str, Any]]] = field(default_factory=dict)  # listener -> (parts, listener)
+    reads: ReadIndex | None = None  # the sections' reads, inverted (incremental mode only)
 
 
 class _Builder:
@@ -409,13 +410,14 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
     return translate_cached(snapshot, waypoint, None, None)[0]
 
 
-def _section(memo: Memo | None, diff: Diff | None, key: str, args: tuple, compute, snapshot: MeshSnapshot,
+def _section(memo: Memo | None, diff: Diff | None, stale: set[str] | None, key: str, args: tuple, compute, snapshot: MeshSnapshot,
              sections: dict[str, tuple[tuple, frozenset, Section]]) -> Section:
-    """A section's earlier result when neither its arguments nor anything it read changed; else computed
-    again, reading through a `Recorder` when there is a `diff` (incremental mode) to remember its reads."""
-    if memo is not None and diff is not None:
+    """A section's earlier result when neither its arguments nor anything it read changed (`stale`: the
+    sections some read of which changed, from the memo's `ReadIndex`); else computed again, reading through
+    a `Recorder` when there is a `diff` (incremental mode) to remember its reads."""
+    if memo is not None and diff is not None and stale is not None:
         previous = memo.sections.get(key)
-        if previous is not None and previous[0] == args and not diff.any_changed(previous[1]):
+        if previous is not None and key not in stale and previous[0] == args:
             sections[key] = previous
             return previous[2]
     if diff is None:
@@ -442,11 +444,19 @@ def translate_cached(
     that snapshot with this one) every section whose inputs did not change. Same result as `translate`."""
     sections: dict[str, tuple[tuple, frozenset, Section]] = {}
     parts = []
+    reads = memo.reads if memo is not None else None
+    stale = reads.stale(diff) if reads is not None and diff is not None else None
     for service in served_services(snapshot, waypoint):
         # Chains first: where two sections name one cluster, the first wins, as the chains' (ext_authz) did.
-        parts.append(_section(memo, diff, f"service/{service.key}", (waypoint, service), lambda s, service=service: _service_section(s, waypoint, service), snapshot, sections))
-        parts.append(_section(memo, diff, f"routes/{service.key}", (service,), lambda s, service=service: _service_routes_section(s, service), snapshot, sections))
-    parts.append(_section(memo, diff, "workloads", (waypoint,), lambda s: _workload_section(s, waypoint), snapshot, sections))
+        parts.append(_section(memo, diff, stale, f"service/{service.key}", (waypoint, service), lambda s, service=service: _service_section(s, waypoint, service), snapshot, sections))
+        parts.append(_section(memo, diff, stale, f"routes/{service.key}", (service,), lambda s, service=service: _service_routes_section(s, service), snapshot, sections))
+    parts.append(_section(memo, diff, stale, "workloads", (waypoint,), lambda s: _workload_section(s, waypoint), snapshot, sections))
+    if diff is not None:
+        before = memo.sections if memo is not None and reads is not None else {}
+        reads = (reads or ReadIndex()).updated(
+            {k: v[1] for k, v in before.items() if sections.get(k) is not v},
+            {k: v[1] for k, v in sections.items() if before.get(k) is not v},
+        )
     clusters: dict[str, dict[str, Any]] = {}
     routes: list[dict[str, Any]] = []
     chains: list[dict[str, Any]] = []
@@ -512,4 +522,4 @@ def translate_cached(
         "routes": sorted(routes, key=lambda r: r["name"]),
         "secrets": [c.ROOT_CA_SECRET, waypoint.identity],
     }
-    return result, Memo(sections, assembled)
+    return result, Memo(sections, assembled, reads if diff is not None else None)

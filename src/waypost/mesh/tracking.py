@@ -15,8 +15,10 @@ counts as changed every time, which is always safe.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .model import MeshSnapshot
@@ -122,6 +124,106 @@ _INDEXED: dict[str, tuple[str, Any]] = {
 }
 
 
+# How many arguments each keyed lookup takes; a recorded call with another count is not treated as keyed.
+_ARITY: dict[str, int] = {"service": 1, "service_by_fqdn": 1, "workload": 1, "routes_for": 2, "l4routes_for": 2}
+_LOOKUPS_OF_INDEX: dict[str, tuple[str, ...]] = {}
+for _name, (_index, _) in _INDEXED.items():
+    _LOOKUPS_OF_INDEX[_index] = (*_LOOKUPS_OF_INDEX.get(_index, ()), _name)
+
+
+def _keyed_index(dep: Dep) -> str | None:
+    """The index a keyed lookup reads (`_INDEXED`), or None when `dep` is not one."""
+    if dep[0] != "call" or dep[3] or dep[1] not in _INDEXED or len(dep[2]) != _ARITY[dep[1]]:
+        return None
+    return _INDEXED[dep[1]][0]
+
+
+def _lookup_dep(name: str, key: Any) -> Dep:
+    """The recorded read of lookup `name` whose arguments make index key `key` (the inverse of `_INDEXED`)."""
+    return ("call", name, key if _ARITY[name] > 1 else (key,), ())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def primitives(dep: Dep) -> frozenset:
+    """The reads whose answers decide `dep`'s: itself, or, for a lookup with `_inputs`, theirs (recursively).
+    If none of them changed between two snapshots, neither did `dep` (that is what `_inputs` promises)."""
+    if _keyed_index(dep) is not None:
+        return frozenset((dep,))
+    inputs = _inputs(dep)
+    if inputs is None:
+        return frozenset((dep,))
+    return frozenset().union(*(primitives(d) for d in inputs))
+
+
+@dataclass(frozen=True)
+class ReadIndex:
+    """Who read what, inverted: for each read, the parts (by key) that made it, and for each primitive read
+    (`primitives`), the reads it decides. With it, the parts a new snapshot may change are found from what
+    changed (a few index keys, a field) instead of by checking every read of every part.
+
+    Values are never mutated: `updated` copies what it changes, so an older index stays valid."""
+
+    readers: Mapping[Dep, frozenset] = field(default_factory=dict)  # read -> keys of the parts that made it
+    decides: Mapping[Dep, frozenset] = field(default_factory=dict)  # primitive read -> reads it decides
+    plain: frozenset = frozenset()  # primitive reads that are not keyed lookups: compared one by one
+
+    def updated(self, removed: Mapping[str, Iterable[Dep]], added: Mapping[str, Iterable[Dep]]) -> ReadIndex:
+        """This index after parts `removed` (key -> their reads) were dropped and parts `added` were made."""
+        readers, decides, plain = dict(self.readers), dict(self.decides), set(self.plain)
+        touched: dict[Dep, set] = {}
+        for change, sign in ((removed, False), (added, True)):
+            for key, deps in change.items():
+                for d in deps:
+                    keys = touched.get(d)
+                    if keys is None:
+                        keys = touched[d] = set(readers.get(d, ()))
+                    (keys.add if sign else keys.discard)(key)
+        deciding: dict[Dep, set] = {}  # primitive -> the reads it decides, copied once when first changed
+        for d, keys in touched.items():
+            was_read = d in readers
+            if keys:
+                readers[d] = frozenset(keys)
+            elif was_read:
+                del readers[d]
+            if bool(keys) == was_read:
+                continue  # still read (or still not): what decides it is already recorded
+            for p in primitives(d):
+                deps = deciding.get(p)
+                if deps is None:
+                    deps = deciding[p] = set(decides.get(p, ()))
+                (deps.add if keys else deps.discard)(d)
+        for p, deps in deciding.items():
+            if deps:
+                decides[p] = frozenset(deps)
+                if _keyed_index(p) is None:
+                    plain.add(p)
+            else:
+                decides.pop(p, None)
+                plain.discard(p)
+        return ReadIndex(readers, decides, frozenset(plain))
+
+    def stale(self, diff: Diff) -> set[str] | None:
+        """Keys of the parts some read of which answers differently in `diff.new` than in `diff.old`: exactly
+        the parts for which `diff.any_changed(their reads)` holds. None: every part (no earlier snapshot)."""
+        if diff.old is None:
+            return None
+        if diff.old is diff.new:
+            return set()
+        candidates: set = set()
+        for p in self.plain:
+            if diff.changed(p):
+                candidates |= self.decides[p]
+        for index, names in _LOOKUPS_OF_INDEX.items():
+            for key in diff.index_changes(index):
+                for name in names:
+                    candidates |= self.decides.get(_lookup_dep(name, key), frozenset())
+        out: set[str] = set()
+        for d in candidates:
+            if diff.changed(d):
+                out |= self.readers.get(d, frozenset())
+        return out
+
+
 def _changed_keys(old: dict, new: dict) -> set:
     """The keys whose values differ between two indexes, in one pass (equal values are mostly the very
     same objects: `build(..., reuse=)` interns them)."""
@@ -158,10 +260,14 @@ class Diff:
             key = key_of(dep[2])
         except IndexError:
             return None
+        return key in self.index_changes(index)
+
+    def index_changes(self, index: str) -> set:
+        """The keys of snapshot index `index` (`_INDEXED`) whose values differ between the two snapshots."""
         changes = self._index_changes.get(index)
         if changes is None:
             changes = self._index_changes[index] = _changed_keys(getattr(self.old, index), getattr(self.new, index))
-        return key in changes
+        return changes
 
     def changed(self, dep: Dep) -> bool:
         known = self._changed.get(dep)
