@@ -410,7 +410,16 @@ def _random_mesh(rng, services: int, extra: dict[str, str]) -> list:
             f"spec:\n  selector: {{app: app{i % 3}}}\n  ports: [{{name: http, port: 8080}}]\n"
         )
     docs += extra.values()
-    return load_text("---\n".join(docs), "mesh.yaml").resources
+    # Each document parsed once: an unchanged one is the same object in every step, as in the supervisor.
+    out = []
+    for doc in docs:
+        if doc not in _PARSED:
+            _PARSED[doc] = load_text(doc, "mesh.yaml").resources
+        out += _PARSED[doc]
+    return out
+
+
+_PARSED: dict[str, list] = {}
 
 
 def _route(name: str, parent: str, prefix: str, backend: str) -> str:
@@ -426,8 +435,8 @@ def _policy(name: str, service: str, path: str) -> str:
             f"  rules:\n  - to: [{{operation: {{paths: [\"{path}\"]}}}}]\n")
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_incremental_translation_through_random_changes_equals_a_fresh_one(seed):
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_incremental_translation_through_random_changes_equals_a_fresh_one(seed, monkeypatch):
     """Random route, policy and Service changes, each built reusing the previous snapshot (as the supervisor
     does) and translated incrementally: the result equals a fresh translation, and the read index names
     exactly the waypoint sections whose reads changed."""
@@ -435,16 +444,27 @@ def test_incremental_translation_through_random_changes_equals_a_fresh_one(seed)
 
     from waypost.envoy import waypoint as waypoint_config
 
+    from waypost.mesh import routes as route_attachment
+
+    reassembled = []
+    original = route_attachment._reassemble
+    monkeypatch.setattr(route_attachment, "_reassemble", lambda *a: reassembled.append(1) or original(*a))
     rng = random.Random(seed)
+    _PARSED.clear()
     services = 8
     extra = {f"r{i}": _route(f"r{i}", f"svc{i}", f"/p{i}", f"svc{i}") for i in range(services)}
     extra.update({f"p{i}": _policy(f"p{i}", f"svc{i}", f"/p{i}/*") for i in range(0, services, 2)})
     previous = None
     cache = None
-    for step in range(14):
+    conflicted = False
+    for step in range(24):
         if step:
-            what = rng.choice(["route", "route", "new route", "drop", "policy", "waypoint route", "services"])
+            what = rng.choice(["route", "route", "new route", "drop", "policy", "waypoint route", "services", "grpc"])
             i = rng.randrange(services)
+            if step in (2, 3):  # a GRPCRoute comes and goes on a port an unchanged HTTPRoute routes
+                what, i = ("grpc", 1) if step == 2 else ("drop g1", 1)
+            if what == "drop g1":
+                extra.pop("g1", None)
             if what == "route":
                 extra[f"r{i}"] = _route(f"r{i}", f"svc{i}", f"/q{step}", f"svc{rng.randrange(services)}")
             elif what == "new route":
@@ -453,12 +473,18 @@ def test_incremental_translation_through_random_changes_equals_a_fresh_one(seed)
                 extra.pop(rng.choice(sorted(extra)))
             elif what == "policy":
                 extra[f"p{i}"] = _policy(f"p{i}", f"svc{i}", f"/z{step}*")
+            elif what == "grpc":  # takes the port from the HTTPRoutes there, which become Conflicted
+                extra[f"g{i}"] = (f"apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g{i}, namespace: inc}}\nspec:\n"
+                                  f"  parentRefs: [{{group: \"\", kind: Service, name: svc{i}, port: 8080}}]\n  rules:\n  - backendRefs: [{{name: svc{i}, port: 8080}}]\n")
             elif what == "waypoint route":
                 extra["w"] = _route("w", "waypoint", f"/w{step}", f"svc{i}")
             else:
                 services = rng.choice([services - 1, services + 1])
-        snapshot = build(_random_mesh(random.Random(seed), services, extra), PLAN,
-                         previous=address_assignments(previous) if previous else None, reuse=previous)
+        resources = _random_mesh(random.Random(seed), services, extra)
+        snapshot = build(resources, PLAN, previous=address_assignments(previous) if previous else None, reuse=previous)
+        fresh = build(resources, PLAN, previous=address_assignments(previous) if previous else None)
+        assert snapshot.routes == fresh.routes and snapshot.statuses == fresh.statuses, f"step {step}"
+        conflicted = conflicted or any(c.reason == "Conflicted" for st in snapshot.statuses for _, cs in st.parents for c in cs)
         old_memos = cache.waypoint_memos if cache is not None else {}
         configs, new_cache = translate_incremental(snapshot, cache)
         assert _configs_json(configs) == _configs_json(translate(snapshot)), f"step {step}"
@@ -470,3 +496,5 @@ def test_incremental_translation_through_random_changes_equals_a_fresh_one(seed)
                 assert stale == brute, f"step {step}: {pid}"
         assert all(isinstance(m, waypoint_config.Memo) and m.reads is not None for m in new_cache.waypoint_memos.values())
         previous, cache = snapshot, new_cache
+    assert reassembled  # some steps took the partial route assembly
+    assert conflicted  # a GRPCRoute took an HTTPRoute's port in some step
