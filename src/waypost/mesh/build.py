@@ -392,7 +392,7 @@ def build(
         {(r.service, r.port): f"{r.entries[0].kind} {r.entries[0].route}" for r in routes if r.entries},
         {(r.service, r.port): f"{r.kind} {r.entries[0].route}" for r in l4 if r.entries},
         rule_index,
-    )
+    ) if of(VirtualService) else ((), (), ())
     routes = tuple(sorted((*routes, *vs_routes), key=lambda r: (r.service, r.port)))
     l4 = tuple(sorted((*l4, *vs_l4), key=lambda r: (r.service, r.port)))
     statuses.extend(vs_statuses)
