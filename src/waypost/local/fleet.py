@@ -211,12 +211,14 @@ class ProxyFleet:
         pending = set(pids)
         new = set(new)
         while pending:
+            unacked = False
             for pid in sorted(pending):
                 problem = self._problem(pid, pid in new)
                 if problem:
                     return problem
                 address = f"{self.configs[pid].address}:{ADMIN_PORT}"
                 if not self.xds.node_status(pid).in_sync:
+                    unacked = True
                     continue
                 if pid in new and not admin_ready(address):
                     continue
@@ -231,8 +233,10 @@ class ProxyFleet:
                 return "the supervisor is stopping"
             if time.monotonic() > deadline:
                 return f"not ready in time: {', '.join(sorted(pending))}"
-            self.xds.wait_in_sync(pending, 0.05)
-            time.sleep(0.005)
+            if unacked:
+                self.xds.wait_in_sync(pending, 0.05)  # returns as the ACKs arrive
+            else:
+                time.sleep(0.005)  # ACKed: Envoy's admin is polled for readiness and warm listeners
         return None
 
     def _problem(self, pid: str, new: bool) -> str | None:

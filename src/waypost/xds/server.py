@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -61,6 +62,16 @@ class _AbortStream(Exception):
     pass
 
 
+class _TypeEncoding(NamedTuple):
+    """One resource type as served to a node: its resources by name (the very dicts), their digests and
+    encodings, and the type's version."""
+
+    resources: Mapping[str, dict]
+    digests: Mapping[str, str]
+    packed: Mapping[str, any_pb2.Any]
+    version: str
+
+
 class XdsServer:
     """Serves snapshots set per node id over ADS. Never computes config.
 
@@ -82,11 +93,13 @@ class XdsServer:
         self._listeners: list[Callable[[NodeStatus], None]] = []
         self._cache: OrderedDict[tuple[str, str, str], any_pb2.Any] = OrderedDict()
         self._cache_lock = threading.Lock()
-        # node -> (type_url, name) -> (resource dict, its digest), for the snapshot served now. A resource that
-        # is the same object in the next snapshot keeps its digest: hashing the canonical JSON of every
-        # resource on every push (a waypoint's main listener is megabytes) was most of a push's cost. The
-        # snapshot's dicts are never modified once handed over, and holding them keeps their ids valid.
-        self._digests: dict[str, dict[tuple[str, str], tuple[object, str]]] = {}
+        # node -> type_url -> the resources served now, with their digests and encodings. A resource that is
+        # the same object in the next snapshot keeps its digest and encoding: hashing the canonical JSON of
+        # every resource on every push (a waypoint's main listener is megabytes) was most of a push's cost,
+        # and a type whose resources are all the same objects keeps its version without a pass per resource
+        # through the encoding cache. The snapshot's dicts are never modified once handed over, and holding
+        # them keeps their ids valid.
+        self._digests: dict[str, dict[str, _TypeEncoding]] = {}  # node -> type_url -> what it was served
         self._seq = itertools.count(1)
         self._nonces = itertools.count(1)
         self._server: grpc.Server | None = None
@@ -145,7 +158,7 @@ class XdsServer:
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> Mapping[str, str]:
         """Store the node's snapshot and push changed types; returns its version per type (as
         `Snapshot.version` computes them). Raises EncodeError before changing anything."""
-        digests: dict[tuple[str, str], tuple[object, str]] = {}
+        digests: dict[str, _TypeEncoding] = {}
         encoded = self._encode(snapshot, self._digests.get(node_id, {}), digests)
         with self._lock:
             previous = self._snapshots.get(node_id)
@@ -159,33 +172,41 @@ class XdsServer:
         return encoded.versions
 
     def _encode(
-        self, snapshot: Snapshot, known: Mapping[tuple[str, str], tuple[object, str]] | None = None,
-        digests_out: dict[tuple[str, str], tuple[object, str]] | None = None,
+        self, snapshot: Snapshot, known: Mapping[str, _TypeEncoding] | None = None, out: dict[str, _TypeEncoding] | None = None,
     ) -> EncodedSnapshot:
+        """The snapshot encoded, reusing from `known` (what the node was served) the digest and encoding of
+        every resource that is the very same object, and a whole type's version when all of its are."""
         versions: dict[str, str] = {}
         resources: dict[str, Mapping[str, any_pb2.Any]] = {}
         for type_url, named in snapshot.resources.items():
             if type_url not in PUSH_ORDER:
                 raise EncodeError(type_url, "", f"unsupported resource type; serving only {', '.join(PUSH_ORDER)}")
-            packed: dict[str, any_pb2.Any] = {}
-            digests = []
-            for name in sorted(named):
-                resource = named[name]
-                seen = known.get((type_url, name)) if known else None
-                if seen is not None and seen[0] is resource:
-                    digest = seen[1]
-                else:
-                    try:
-                        digest = resource_digest(resource)
-                    except (TypeError, ValueError) as exc:
-                        raise EncodeError(type_url, name, f"not JSON-representable: {exc}") from exc
-                if digests_out is not None:
-                    digests_out[(type_url, name)] = (resource, digest)
-                packed[name] = self._cached_encode(type_url, name, digest, resource)
-                digests.append((name, digest))
-            versions[type_url] = type_version(digests)
-            resources[type_url] = MappingProxyType(packed)
+            before = known.get(type_url) if known else None
+            if before is not None and len(before.resources) == len(named) and all(named.get(n) is r for n, r in before.resources.items()):
+                encoding = before
+            else:
+                encoding = self._encode_type(type_url, named, before)
+            if out is not None:
+                out[type_url] = encoding
+            versions[type_url] = encoding.version
+            resources[type_url] = encoding.packed
         return EncodedSnapshot(MappingProxyType(versions), MappingProxyType(resources))
+
+    def _encode_type(self, type_url: str, named: Mapping[str, dict], before: _TypeEncoding | None) -> _TypeEncoding:
+        packed: dict[str, any_pb2.Any] = {}
+        digests: dict[str, str] = {}
+        for name in sorted(named):
+            resource = named[name]
+            if before is not None and before.resources.get(name) is resource:
+                digest, packed[name] = before.digests[name], before.packed[name]
+            else:
+                try:
+                    digest = resource_digest(resource)
+                except (TypeError, ValueError) as exc:
+                    raise EncodeError(type_url, name, f"not JSON-representable: {exc}") from exc
+                packed[name] = self._cached_encode(type_url, name, digest, resource)
+            digests[name] = digest
+        return _TypeEncoding(dict(named), digests, MappingProxyType(packed), type_version(digests.items()))
 
     def _cached_encode(self, type_url: str, name: str, digest: str, resource: dict) -> any_pb2.Any:
         key = (type_url, name, digest)

@@ -27,13 +27,8 @@ def type_version(digests: Iterable[tuple[str, str]]) -> str:
     pairs = sorted(digests)
     if not pairs:
         return ""
-    h = hashlib.sha256()
-    for name, digest in pairs:
-        h.update(name.encode())
-        h.update(b"\0")
-        h.update(digest.encode())
-        h.update(b"\n")
-    return h.hexdigest()[:16]
+    # One update of the joined text (the same bytes as one update per name and digest, far fewer calls).
+    return hashlib.sha256("".join(f"{name}\0{digest}\n" for name, digest in pairs).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
