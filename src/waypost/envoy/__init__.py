@@ -111,6 +111,8 @@ def translate_incremental(snapshot: MeshSnapshot, cache: TranslationCache | None
 def with_patch_status(snapshot: MeshSnapshot, configs: dict[str, ProxyConfig]) -> MeshSnapshot:
     """The snapshot with each EnvoyFilter's conditions: which waypoints it selects, and which patches matched
     nothing there (istiod reports neither; users are left guessing why a patch has no effect)."""
+    if not snapshot.envoy_filters and not any(s.kind == "EnvoyFilter" for s in snapshot.statuses):
+        return snapshot  # nothing to report (the build's statuses are already in this order)
     statuses = [s for s in snapshot.statuses if s.kind != "EnvoyFilter"]
     for f in snapshot.envoy_filters:
         key = f"{f.namespace}/{f.name}"
