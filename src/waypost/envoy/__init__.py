@@ -38,7 +38,7 @@ class TranslationCache:
 
     snapshot: MeshSnapshot | None = None
     configs: Mapping[str, ProxyConfig] = field(default_factory=dict)
-    ztunnel_reads: Mapping[str, tuple[tuple, frozenset]] = field(default_factory=dict)  # proxy -> (args, reads)
+    ztunnel_reads: Mapping[str, tuple[tuple, tuple]] = field(default_factory=dict)  # proxy -> (args, reads)
     waypoint_memos: Mapping[str, waypoint_config.Memo] = field(default_factory=dict)
     patched: Mapping[str, tuple[tuple, tuple]] = field(default_factory=dict)  # proxy -> (generated + filters, patched)
 
@@ -85,7 +85,7 @@ def translate_incremental(snapshot: MeshSnapshot, cache: TranslationCache | None
     cache = cache or TranslationCache()
     diff = Diff(cache.snapshot, snapshot)
     out: dict[str, ProxyConfig] = {}
-    ztunnel_reads: dict[str, tuple[tuple, frozenset]] = {}
+    ztunnel_reads: dict[str, tuple[tuple, tuple]] = {}
     for index, node in enumerate(snapshot.nodes):
         pid = ztunnel_config.proxy_id(node)
         address = snapshot.plan.ztunnel(index)
@@ -96,7 +96,7 @@ def translate_incremental(snapshot: MeshSnapshot, cache: TranslationCache | None
             continue
         recorder = Recorder(snapshot)
         r = ztunnel_config.translate(recorder, node)  # type: ignore[arg-type] - reads like a MeshSnapshot
-        ztunnel_reads[pid] = (args, frozenset(recorder.deps))
+        ztunnel_reads[pid] = (args, tuple(recorder.deps))
         config = ProxyConfig(pid, "ztunnel", address, tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), tuple(r["secrets"]))
         out[pid] = _reuse(cache.configs.get(pid), config)
     memos: dict[str, waypoint_config.Memo] = {}

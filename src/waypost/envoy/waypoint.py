@@ -235,7 +235,7 @@ class Memo:
     with the snapshot reads it depended on, and the assembled listeners (reused when their parts are the
     same objects, so that an unchanged listener stays the same object and xDS need not encode it again)."""
 
-    sections: Mapping[str, tuple[tuple, frozenset, Section]] = field(default_factory=dict)  # key -> (args, reads, section)
+    sections: Mapping[str, tuple[tuple, tuple, Section]] = field(default_factory=dict)  # key -> (args, reads, section)
     assembled: Mapping[str, tuple[tuple, dict[str, Any]]] = field(default_factory=dict)  # listener -> (parts, listener)
     reads: ReadIndex | None = None  # the sections' reads, inverted (incremental mode only)
 
@@ -411,7 +411,7 @@ def translate(snapshot: MeshSnapshot, waypoint: Waypoint) -> dict[str, list[dict
 
 
 def _section(memo: Memo | None, diff: Diff | None, stale: set[str] | None, key: str, args: tuple, compute, snapshot: MeshSnapshot,
-             sections: dict[str, tuple[tuple, frozenset, Section]]) -> Section:
+             sections: dict[str, tuple[tuple, tuple, Section]]) -> Section:
     """A section's earlier result when neither its arguments nor anything it read changed (`stale`: the
     sections some read of which changed, from the memo's `ReadIndex`); else computed again, reading through
     a `Recorder` when there is a `diff` (incremental mode) to remember its reads."""
@@ -424,7 +424,7 @@ def _section(memo: Memo | None, diff: Diff | None, stale: set[str] | None, key: 
         return compute(snapshot)
     recorder = Recorder(snapshot)
     result = compute(recorder)
-    sections[key] = (args, frozenset(recorder.deps), result)
+    sections[key] = (args, tuple(recorder.deps), result)
     return result
 
 
@@ -442,7 +442,7 @@ def translate_cached(
 ) -> tuple[dict[str, list[dict[str, Any]]], Memo]:
     """`translate`, reusing from `memo` (what the translation of an earlier snapshot left; `diff` compares
     that snapshot with this one) every section whose inputs did not change. Same result as `translate`."""
-    sections: dict[str, tuple[tuple, frozenset, Section]] = {}
+    sections: dict[str, tuple[tuple, tuple, Section]] = {}
     parts = []
     reads = memo.reads if memo is not None else None
     stale = reads.stale(diff) if reads is not None and diff is not None else None

@@ -196,7 +196,7 @@ def _cached(resources, snapshot: MeshSnapshot, now: str, history, cache: Documen
         recorder = Recorder(snapshot)
         doc = _document(r, recorder, now, seen, conditions_before())  # type: ignore[arg-type] - reads like a MeshSnapshot
         stored = store(doc)
-        entry = (r, seen, frozenset(recorder.deps), *stored)
+        entry = (r, seen, tuple(recorder.deps), *stored)  # a tuple: 3000 of them, any_changed only iterates
         kept[r.key] = entry
         out.append(entry)
     return out

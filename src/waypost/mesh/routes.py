@@ -119,7 +119,7 @@ class _Assembly(NamedTuple):
     order: tuple  # the routes, by id, in input order
     by_service: dict  # (service key, port, kind) -> group -> [entries]
     by_waypoint: dict  # (waypoint, kind) -> group -> [entries]
-    contributors: dict  # (service key, port) -> frozenset of ids of routes with entries there
+    contributors: dict  # (service key, port) -> ids of the routes with entries there (`_pack`)
     winners: dict  # (service key, port) -> kind
     results: dict  # (service key, port) -> ServiceRoutes
     statuses: dict  # id(route) -> its final status
@@ -291,7 +291,16 @@ def _assemble(routes: list, contributions: Mapping[int, _Contribution], lookup: 
     for (service_key, port, kind), groups in by_service.items():
         if winners[(service_key, port)] == kind:
             results[(service_key, port)] = _service_routes(service_key, port, groups)
-    return _Assembly(tuple(id(r) for r in routes), by_service, by_waypoint, {k: frozenset(v) for k, v in contributors.items()}, winners, results, statuses)
+    return _Assembly(tuple(id(r) for r in routes), by_service, by_waypoint, {k: _pack(v) for k, v in contributors.items()}, winners, results, statuses)
+
+
+def _pack(ids: set[int]) -> int | frozenset:
+    """Route ids with entries on one port: most ports have one route, stored as its id (no set)."""
+    return next(iter(ids)) if len(ids) == 1 else frozenset(ids)
+
+
+def _ids(packed: int | frozenset | None) -> frozenset | tuple:
+    return () if packed is None else packed if isinstance(packed, frozenset) else (packed,)
 
 
 def _service_routes(service_key: str, port: int, groups: dict[str | None, list]) -> ServiceRoutes:
@@ -316,7 +325,7 @@ def _reassemble(routes: list, contributions: Mapping[int, _Contribution], lookup
         for kind in KIND_PRECEDENCE:
             by_service.pop((service_key, port, kind), None)
         # Routes with entries on this port now: the earlier ones still present, and the changed ones.
-        now = {i for i in before.contributors.get(service_port, frozenset()) if i in position}
+        now = {i for i in _ids(before.contributors.get(service_port)) if i in position}
         now |= {id(c.route) for c in changed if id(c.route) in position and contributions[id(c.route)] is c}
         now = {i for i in now if any(key[:2] == service_port for key, _, _ in contributions[i].service_adds)}
         for i in sorted(now, key=position.__getitem__):
@@ -333,7 +342,7 @@ def _reassemble(routes: list, contributions: Mapping[int, _Contribution], lookup
                 for group, items in fill.items():
                     groups.setdefault(group, list(items))
         if now:
-            contributors[service_port] = frozenset(now)
+            contributors[service_port] = _pack(now)
         else:
             contributors.pop(service_port, None)
         kinds = [k for k in KIND_PRECEDENCE if (service_key, port, k) in by_service]
@@ -345,7 +354,7 @@ def _reassemble(routes: list, contributions: Mapping[int, _Contribution], lookup
             results.pop(service_port, None)
     # Statuses: the changed routes', and those of routes whose claims name a touched port (their conflicts).
     statuses = {i: s for i, s in before.statuses.items() if i in position}
-    remark = {id(c.route) for c in changed if id(c.route) in position} | {i for sp in touched for i in contributors.get(sp, frozenset())}
+    remark = {id(c.route) for c in changed if id(c.route) in position} | {i for sp in touched for i in _ids(contributors.get(sp))}
     for i in remark:
         c = contributions[i]
         statuses[i] = _mark_conflicts(c.status, c.claims, winners)

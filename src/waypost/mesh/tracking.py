@@ -15,7 +15,6 @@ counts as changed every time, which is always safe.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -143,16 +142,26 @@ def _lookup_dep(name: str, key: Any) -> Dep:
     return ("call", name, key if _ARITY[name] > 1 else (key,), ())
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def primitives(dep: Dep) -> frozenset:
-    """The reads whose answers decide `dep`'s: itself, or, for a lookup with `_inputs`, theirs (recursively).
-    If none of them changed between two snapshots, neither did `dep` (that is what `_inputs` promises)."""
+def primitives(dep: Dep) -> tuple:
+    """The reads whose answers decide `dep`'s: itself, or, for a lookup with `_inputs`, theirs (recursively;
+    possibly repeated). If none of them changed between two snapshots, neither did `dep` (that is what
+    `_inputs` promises)."""
     if _keyed_index(dep) is not None:
-        return frozenset((dep,))
+        return (dep,)
     inputs = _inputs(dep)
     if inputs is None:
-        return frozenset((dep,))
-    return frozenset().union(*(primitives(d) for d in inputs))
+        return (dep,)
+    return tuple(p for d in inputs for p in primitives(d))
+
+
+def _members(value: Any) -> Iterable:
+    """A ReadIndex value as an iterable: most reads are made by one part and decide one read, so a single
+    member is stored as itself (a frozenset costs ~200 bytes; a waypoint of 1000 Services has ~9000 reads)."""
+    return value if isinstance(value, frozenset) else (value,)
+
+
+def _packed(members: set) -> Any:
+    return next(iter(members)) if len(members) == 1 else frozenset(members)
 
 
 @dataclass(frozen=True)
@@ -163,8 +172,8 @@ class ReadIndex:
 
     Values are never mutated: `updated` copies what it changes, so an older index stays valid."""
 
-    readers: Mapping[Dep, frozenset] = field(default_factory=dict)  # read -> keys of the parts that made it
-    decides: Mapping[Dep, frozenset] = field(default_factory=dict)  # primitive read -> reads it decides
+    readers: Mapping[Dep, Any] = field(default_factory=dict)  # read -> keys of the parts that made it (`_members`)
+    decides: Mapping[Dep, Any] = field(default_factory=dict)  # primitive read -> reads it decides (`_members`)
     plain: frozenset = frozenset()  # primitive reads that are not keyed lookups: compared one by one
 
     def updated(self, removed: Mapping[str, Iterable[Dep]], added: Mapping[str, Iterable[Dep]]) -> ReadIndex:
@@ -176,13 +185,13 @@ class ReadIndex:
                 for d in deps:
                     keys = touched.get(d)
                     if keys is None:
-                        keys = touched[d] = set(readers.get(d, ()))
+                        keys = touched[d] = set(_members(readers[d])) if d in readers else set()
                     (keys.add if sign else keys.discard)(key)
         deciding: dict[Dep, set] = {}  # primitive -> the reads it decides, copied once when first changed
         for d, keys in touched.items():
             was_read = d in readers
             if keys:
-                readers[d] = frozenset(keys)
+                readers[d] = _packed(keys)
             elif was_read:
                 del readers[d]
             if bool(keys) == was_read:
@@ -190,11 +199,11 @@ class ReadIndex:
             for p in primitives(d):
                 deps = deciding.get(p)
                 if deps is None:
-                    deps = deciding[p] = set(decides.get(p, ()))
+                    deps = deciding[p] = set(_members(decides[p])) if p in decides else set()
                 (deps.add if keys else deps.discard)(d)
         for p, deps in deciding.items():
             if deps:
-                decides[p] = frozenset(deps)
+                decides[p] = _packed(deps)
                 if _keyed_index(p) is None:
                     plain.add(p)
             else:
@@ -212,15 +221,17 @@ class ReadIndex:
         candidates: set = set()
         for p in self.plain:
             if diff.changed(p):
-                candidates |= self.decides[p]
+                candidates.update(_members(self.decides[p]))
         for index, names in _LOOKUPS_OF_INDEX.items():
             for key in diff.index_changes(index):
                 for name in names:
-                    candidates |= self.decides.get(_lookup_dep(name, key), frozenset())
+                    dep = _lookup_dep(name, key)
+                    if dep in self.decides:
+                        candidates.update(_members(self.decides[dep]))
         out: set[str] = set()
         for d in candidates:
-            if diff.changed(d):
-                out |= self.readers.get(d, frozenset())
+            if d in self.readers and diff.changed(d):
+                out.update(_members(self.readers[d]))
         return out
 
 

@@ -206,7 +206,8 @@ class XdsServer:
                     raise EncodeError(type_url, name, f"not JSON-representable: {exc}") from exc
                 packed[name] = self._cached_encode(type_url, name, digest, resource)
             digests[name] = digest
-        return _TypeEncoding(dict(named), digests, MappingProxyType(packed), type_version(digests.items()))
+        # `named` is the snapshot's own dict, never modified once handed over (see `_digests`): kept, not copied.
+        return _TypeEncoding(named, digests, MappingProxyType(packed), type_version(digests.items()))
 
     def _cached_encode(self, type_url: str, name: str, digest: str, resource: dict) -> any_pb2.Any:
         key = (type_url, name, digest)
