@@ -190,8 +190,10 @@ def tcp_proxy(stat_prefix: str, cluster: str, access_log: list[dict[str, Any]] |
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
 
+@functools.lru_cache(maxsize=1024)
 def internal_cluster(name: str, listener: str) -> dict[str, Any]:
-    """A cluster whose single endpoint is an internal listener of the same Envoy."""
+    """A cluster whose single endpoint is an internal listener of the same Envoy (shared: the same object for
+    the same arguments, so an unchanged proxy config keeps it by identity)."""
     return {
         "name": name,
         "type": "STATIC",
@@ -284,8 +286,10 @@ def originate_listener(name: str, cluster: str, tunnel: bool, headers: list[dict
     return {"name": name, "internal_listener": {}, "filter_chains": [{"filters": [proxy]}]}
 
 
+@functools.lru_cache(maxsize=1024)
 def originate_cluster(name: str, identity: str | None) -> dict[str, Any]:
-    """ORIGINAL_DST cluster that connects to `tunnel.address` of the endpoint chosen upstream."""
+    """ORIGINAL_DST cluster that connects to `tunnel.address` of the endpoint chosen upstream (shared, as
+    `internal_cluster`)."""
     cluster: dict[str, Any] = {
         "name": name,
         "type": "ORIGINAL_DST",

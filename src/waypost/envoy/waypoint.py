@@ -424,8 +424,23 @@ def _section(memo: Memo | None, diff: Diff | None, stale: set[str] | None, key: 
         return compute(snapshot)
     recorder = Recorder(snapshot)
     result = compute(recorder)
+    before = memo.sections.get(key) if memo is not None else None
+    if before is not None:
+        result = _kept_parts(result, before[2])
     sections[key] = (args, tuple(recorder.deps), result)
     return result
+
+
+def _kept_parts(section: Section, earlier: Section) -> Section:
+    """`section` with each cluster, route and chain that equals the earlier section's of the same name
+    replaced by that earlier object: what a change did not touch stays the same object, so the listener
+    assembly, the config comparison and the xDS encoding see it unchanged by identity."""
+    def kept(new: tuple[dict[str, Any], ...], old: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        by_name = {item.get("name"): item for item in old}
+        return tuple(o if (o := by_name.get(item.get("name"))) is not None and (o is item or o == item) else item for item in new)
+
+    return Section(kept(section.clusters, earlier.clusters), kept(section.routes, earlier.routes), kept(section.chains, earlier.chains),
+                   section.domains, section.sniff_ports, section.tls_ports)
 
 
 def _same(memo: Memo | None, assembled: dict[str, tuple[tuple, dict[str, Any]]], name: str, parts: tuple, build) -> dict[str, Any]:

@@ -416,18 +416,25 @@ def build(
     statuses.extend(statuses_of("extensions", authz.extension_statuses, extensions, waypoints, services, root_namespace))
     telemetries = sorted(of(Telemetry), key=lambda t: (t.namespace, t.name))
     statuses.extend(statuses_of("telemetry", authz.telemetry_statuses, telemetries, waypoints, services, root_namespace, mesh))
-    return MeshSnapshot(
+    def kept(field: str, values: Iterable) -> tuple:
+        """`values` as a tuple: the previous snapshot's very tuple when it holds the same objects in the same
+        order, so that the next Diff and the snapshot's indexes see "unchanged" by identity (`inherit_indexes`)."""
+        values = tuple(values)
+        before = getattr(reuse, field) if reuse is not None else None
+        return before if before is not None and _same(before, values) else values
+
+    snapshot = MeshSnapshot(
         plan=plan,
         nodes=(DEFAULT_NODE,),
-        workloads=tuple(workloads),
-        services=tuple(services.values()),
-        waypoints=tuple(waypoints.values()),
-        routes=_interned(routes, reuse and reuse._routes_by_port, lambda r: (r.service, r.port)),
-        statuses=_interned(
+        workloads=kept("workloads", workloads),
+        services=kept("services", services.values()),
+        waypoints=kept("waypoints", waypoints.values()),
+        routes=kept("routes", _interned(routes, reuse and reuse._routes_by_port, lambda r: (r.service, r.port))),
+        statuses=kept("statuses", _interned(
             sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name)), reuse and reuse._statuses_by_name, lambda s: (s.kind, s.namespace, s.name)
-        ),
-        l4routes=_interned(l4, reuse and reuse._l4routes_by_port, lambda r: (r.service, r.port)),
-        authorization_policies=tuple(policies),
+        )),
+        l4routes=kept("l4routes", _interned(l4, reuse and reuse._l4routes_by_port, lambda r: (r.service, r.port))),
+        authorization_policies=kept("authorization_policies", policies),
         request_authentications=tuple(sorted(of(RequestAuthentication), key=lambda p: (p.namespace, p.name))),
         root_namespace=root_namespace,
         authz_providers=resolve_authz_providers(mesh, tuple(services.values())),
@@ -443,6 +450,9 @@ def build(
         registry_memo=reg,
         status_memo=status_memo,
     )
+    if reuse is not None:
+        snapshot.inherit_indexes(reuse)
+    return snapshot
 
 
 def _gateway_status(gateway: Gateway, waypoint: Waypoint) -> ResourceStatus:

@@ -444,6 +444,21 @@ class MeshSnapshot:
     # over every service and endpoint: linear scans made it O(services²). As the scans did, the first of
     # equal keys wins.
 
+    # index -> the field it is computed from (and nothing else).
+    _INDEX_SOURCES = {
+        "_services_by_key": "services", "_services_by_fqdn": "services", "services_of_waypoint": "services",
+        "_waypoints_by_ref": "waypoints", "_workloads_by_key": "workloads", "_routes_by_port": "routes",
+        "_l4routes_by_port": "l4routes", "_statuses_by_name": "statuses",
+    }
+
+    def inherit_indexes(self, earlier: "MeshSnapshot") -> None:
+        """Takes over the indexes `earlier` has built whose field is the very same object here (`build`
+        keeps an unchanged field's tuple), instead of building them again on first use."""
+        mine, theirs = self.__dict__, earlier.__dict__
+        for index, source in self._INDEX_SOURCES.items():
+            if index in theirs and index not in mine and getattr(self, source) is getattr(earlier, source):
+                mine[index] = theirs[index]
+
     @cached_property
     def _services_by_key(self) -> dict[str, Service]:
         return _first_by(self.services, lambda s: s.key)

@@ -277,7 +277,11 @@ class Diff:
         """The keys of snapshot index `index` (`_INDEXED`) whose values differ between the two snapshots."""
         changes = self._index_changes.get(index)
         if changes is None:
-            changes = self._index_changes[index] = _changed_keys(getattr(self.old, index), getattr(self.new, index))
+            source = MeshSnapshot._INDEX_SOURCES.get(index)
+            if source is not None and getattr(self.old, source) is getattr(self.new, source):
+                changes = self._index_changes[index] = set()  # the same tuple: nothing to compare (or index)
+            else:
+                changes = self._index_changes[index] = _changed_keys(getattr(self.old, index), getattr(self.new, index))
         return changes
 
     def changed(self, dep: Dep) -> bool:
