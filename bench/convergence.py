@@ -41,6 +41,9 @@ from typing import Any
 from common import HERE, WAYPOST, BoxMeter, mesh_up, percentile, print_targets, table, target, wait_quiet, workdir, write_results
 from meshgen import NAMESPACE, routes_only, synthetic_mesh
 
+# Imported here, not on the first call: the first change's timing is the supervisor's, not this import's.
+from waypost.local.control import call
+
 ECHO = f"""\
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -158,8 +161,6 @@ class Prober:
 
 
 def control_call(state_dir: Path, paths: list[Path]) -> dict[str, Any]:
-    from waypost.local.control import call
-
     return call(state_dir / "control.sock", {"op": "apply", "paths": [str(p) for p in paths]}, timeout=300)
 
 
