@@ -276,7 +276,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, nargs="+", default=[100, 1000], help="mesh sizes, one phase each")
-    parser.add_argument("--changes", type=int, nargs="+", default=[50, 15], help="applies per phase")
+    parser.add_argument("--changes", type=int, nargs="+", default=[50, 50], help="applies per phase (the issue: p50/p99 over 50 changes)")
     parser.add_argument("--cli-changes", type=int, default=2, help="changes made with the `waypost apply` CLI (start-up included)")
     parser.add_argument("--file-changes", type=int, default=2)
     parser.add_argument("--bulk", type=int, default=1000, help="HTTPRoutes created by one apply (at most one per Service)")
