@@ -17,7 +17,7 @@ from waypost.api.l4routes import TCPRoute, TLSRoute
 
 from .http import BackendResolver, WithHosts
 from .model import Condition, L4RouteEntry, L4Routes, ResourceStatus, Service, WeightedBackend
-from .routes import ACCEPTED, RESOLVED_REFS, parent_text
+from .routes import ACCEPTED, RESOLVED_REFS, parent_text, service_targets
 
 L4_KINDS = ("TLSRoute", "TCPRoute")
 
@@ -58,14 +58,9 @@ def attach(
                 if ref.kind != "Gateway":
                     parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
                 continue
-            hosts = lookup.named(ref.kind, ns, ref.name)  # a ServiceEntry: every host
-            if not hosts:
-                parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent service: "{ref.name}" not found'),)))
-                continue
-            targets = [(service, _ports(ref, service)) for service in hosts]
-            targets = [(service, ports) for service, ports in targets if ports]
-            if not targets:
-                parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching TCP port"),)))
+            targets, missing = service_targets(lookup, ref, ns, _ports, "TCP", "service")
+            if missing is not None:
+                parents.append((text, (missing,)))
                 continue
             parents.append((text, (Condition(ACCEPTED, "True", "Accepted", "Route was valid"), resolved)))
             key = (route.metadata.creation_timestamp or "", route.namespace, route.name)

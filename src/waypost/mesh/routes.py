@@ -58,6 +58,18 @@ def _ports_of_parent(ref: ParentReference, service: Service) -> list[int]:
     return [p.port for p in ports]
 
 
+def service_targets(lookup: WithHosts, ref: ParentReference, ns: str, ports_of, protocol: str, what: str) -> tuple[list, Condition | None]:
+    """The (mesh service, its ports the ref selects) pairs a Service or ServiceEntry parentRef attaches to
+    (a ServiceEntry has one mesh service per host), or the NoMatchingParent condition when there are none."""
+    hosts = lookup.named(ref.kind, ns, ref.name)
+    if not hosts:
+        return [], Condition(ACCEPTED, "False", "NoMatchingParent", f'parent {what}: "{ref.name}" not found')
+    targets = [(service, ports) for service in hosts if (ports := ports_of(ref, service))]
+    if not targets:
+        return [], Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching {protocol} port")
+    return targets, None
+
+
 def _with_consumer(entry: HTTPRouteEntry, namespace: str | None) -> HTTPRouteEntry:
     if namespace is None:
         return entry
@@ -173,15 +185,9 @@ def _contribution(route, lookup: WithHosts, memo: RuleMemo | None, same_services
         if not _is_service_ref(ref):
             parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"unsupported parent kind {ref.kind}"),)))
             continue
-        hosts = lookup.named(ref.kind, ns, ref.name)  # a ServiceEntry: one mesh service per host
-        if not hosts:
-            what = "service" if ref.kind == "Service" else "serviceentry"
-            parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f'parent {what}: "{ref.name}" not found'),)))
-            continue
-        targets = [(service, _ports_of_parent(ref, service)) for service in hosts]
-        targets = [(service, ports) for service, ports in targets if ports]
-        if not targets:
-            parents.append((text, (Condition(ACCEPTED, "False", "NoMatchingParent", f"parent service {ns}/{ref.name} has no matching HTTP port"),)))
+        targets, missing = service_targets(lookup, ref, ns, _ports_of_parent, "HTTP", "service" if ref.kind == "Service" else "serviceentry")
+        if missing is not None:
+            parents.append((text, (missing,)))
             continue
         service = targets[0][0]
         labelled = service.waypoint is not None or USE_WAYPOINT in service_labels.get(service.key, {}) or USE_WAYPOINT in namespace_labels.get(ns, {})
