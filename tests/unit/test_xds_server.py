@@ -460,3 +460,23 @@ def test_stop_ends_open_streams_and_leaves_no_stream_threads(client_factory, ser
         if thread.name.startswith("waypost-xds"):
             thread.join(timeout=2)
             assert not thread.is_alive(), thread.name
+
+
+def test_the_encoding_cache_is_bounded_in_bytes_and_keeps_what_is_served(monkeypatch):
+    """A large resource re-encoded on every change (a waypoint's main listener on each policy change) must not
+    pile up in the encoding cache version after version; what a node is served stays encoded either way."""
+    from waypost.xds import server as xds_server
+
+    monkeypatch.setattr(xds_server, "_CACHE_BYTES", 64 << 10)
+    srv = XdsServer("127.0.0.1", 0)
+    big = "x" * 8000
+    for version in range(40):
+        lis = listener("main")
+        lis["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = f"{big}{version}"
+        versions = srv.set_snapshot("node", Snapshot({TYPE_LISTENER: {"main": lis}}))
+        assert versions[TYPE_LISTENER]
+    assert srv._cache_bytes <= 64 << 10
+    assert len(srv._cache) < 40
+    assert sum(packed.ByteSize() for packed in srv._cache.values()) == srv._cache_bytes
+    served = srv._snapshots["node"].resources[TYPE_LISTENER]["main"]
+    assert f"{big}39".encode() in served.value  # the newest version is the one served
