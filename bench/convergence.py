@@ -19,6 +19,9 @@ process is a mesh client.
                first answer from an echo-v2 pod is the new behaviour in force.
 2. The same change made by writing the watched manifest file (`waypost up -f` polls it), `--file-changes`
    times: file write → observed.
+   Then `--policy-changes` edits of one Service's AuthorizationPolicy (apply → ACK; not a target: the policy
+   is in the waypoint's main listener, so each edit is an LDS update of it), and the control plane's RSS
+   after all these changes (the encoding cache once grew by ~2 MB a change).
 3. 1000 HTTPRoutes created at once (one per synthetic Service) with one apply: until the supervisor
    answered (all ACKed), and until `resources.json` (what `waypost get` reads) shows every route Accepted
    with ResolvedRefs for its parent.
@@ -38,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import HERE, WAYPOST, BoxMeter, mesh_up, percentile, print_targets, table, target, wait_quiet, workdir, write_results
-from meshgen import NAMESPACE, routes_only, synthetic_mesh
+from common import HERE, WAYPOST, BoxMeter, mesh_up, percentile, print_targets, rss_mb, table, target, wait_quiet, workdir, write_results
+from meshgen import NAMESPACE, POLICY, routes_only, synthetic_mesh
 
 # Imported here, not on the first call: the first change's timing is the supervisor's, not this import's.
 from waypost.local.control import call
@@ -186,14 +189,15 @@ def stats(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values), "min": min(values)}
 
 
-def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_routes: int) -> dict[str, Any]:
+def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_routes: int, policy_changes: int = 10) -> dict[str, Any]:
     work = workdir(f"convergence-{services}")
     (work / "synthetic.yaml").write_text(synthetic_mesh(services, deployments=10))
     (work / "echo.yaml").write_text(ECHO)
     route_file = work / "route.yaml"  # watched: `up -f` names it
     route_file.write_text(ROUTE.format(ns=NAMESPACE, i=0))
     state_dir = work / "state"
-    samples: dict[str, list[float]] = {"apply→ACK": [], "apply→answer": [], "apply→observed": [], "cli→answer": [], "cli→observed": [], "file write→observed": []}
+    samples: dict[str, list[float]] = {"apply→ACK": [], "apply→answer": [], "apply→observed": [], "cli→answer": [], "cli→observed": [], "file write→observed": [],
+                                       "policy apply→ACK": []}
     server: dict[str, list[float]] = {"compute": [], "rollout": [], "rollout push": [], "rollout ack": [], "commit": [], "total": []}
     updated: list[list[str]] = []
     print(f"mesh of {services} Services: {changes} applies, {cli_changes} CLI applies, {file_changes} file edits, {bulk_routes} routes at once", flush=True)
@@ -202,6 +206,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
     with mesh_up([work / "synthetic.yaml", work / "echo.yaml", route_file], state_dir, timeout=600) as mesh:
         print(f"  up in {mesh.up_seconds:.1f} s", flush=True)
         prober = Prober(mesh.vip("echo"), 8080)
+        rss_at_start = rss_mb(mesh.control_plane_pid)
         try:
             # 1. apply, over the control socket, then a few through the CLI.
             for i in range(1, changes + cli_changes + 1):
@@ -246,6 +251,18 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
                     raise SystemExit(f"file change {j}: never observed")
                 samples["file write→observed"].append((seen - t0) * 1000)
                 time.sleep(1.0)  # the supervisor finishes the change (bookkeeping) before the next write
+            # 2b. AuthorizationPolicy edits (not a target): a policy lives in its Service's chain of the
+            # waypoint's main listener, so its change is an LDS update of that listener, not an RDS one.
+            for j in range(policy_changes):
+                f = work / f"policy-{j}.yaml"
+                f.write_text(POLICY.format(name="svc0", ns=NAMESPACE, service="svc0", caller=f"app{j % 10}", prefix=f"/policy{j}"))
+                t0 = time.perf_counter()
+                answer = control_call(state_dir, [f])
+                if not answer.get("ok"):
+                    raise SystemExit(f"policy apply failed: {answer}")
+                after_ack = answer["timings_ms"]["total"] - answer["timings_ms"]["compute"] - answer["timings_ms"]["rollout"]
+                samples["policy apply→ACK"].append((time.perf_counter() - t0) * 1000 - after_ack)
+            rss_after_changes = rss_mb(mesh.control_plane_pid)
             # 3. many routes at once.
             bulk = work / "bulk.yaml"
             n = min(bulk_routes, services)
@@ -270,6 +287,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
         "services": services, "up_seconds": mesh.up_seconds, "summary": rows, "samples_ms": samples, "server_timings_ms": server,
         "updated": sorted({p for u in updated for p in u}), "probes": probes, "box_busy": round(box.stop(), 3),
         "bulk": {"routes": n, "acked_ms": bulk_acked, "attached_ms": bulk_attached, "server_timings_ms": answer["timings_ms"]},
+        "cp_rss_mb": {"up": round(rss_at_start, 1), "after_changes": round(rss_after_changes, 1), "changes": changes + cli_changes + file_changes + policy_changes},
     }
 
 
@@ -280,11 +298,12 @@ def main() -> int:
     parser.add_argument("--cli-changes", type=int, default=2, help="changes made with the `waypost apply` CLI (start-up included)")
     parser.add_argument("--file-changes", type=int, default=2)
     parser.add_argument("--bulk", type=int, default=1000, help="HTTPRoutes created by one apply (at most one per Service)")
+    parser.add_argument("--policy-changes", type=int, default=10, help="AuthorizationPolicy edits per phase (timed, not a target)")
     args = parser.parse_args()
     if len(args.changes) != len(args.services):
         parser.error("give one --changes value per --services value")
     wait_quiet()
-    phases = [run(n, c, args.cli_changes, args.file_changes, args.bulk) for n, c in zip(args.services, args.changes)]
+    phases = [run(n, c, args.cli_changes, args.file_changes, args.bulk, args.policy_changes) for n, c in zip(args.services, args.changes)]
     for ph in phases:
         print(f"\nOne route change in a mesh of {ph['services']} Services (+ echo), ms from the request:")
         print(table(ph["summary"], [("measure", "measure", ""), ("n", "n", "d"), ("p50", "p50 ms", ".1f"), ("p99", "p99 ms", ".1f"),
@@ -294,6 +313,8 @@ def main() -> int:
         b = ph["bulk"]
         print(f"{b['routes']} HTTPRoutes created by one apply: the supervisor answered (all ACKed) after {b['acked_ms']:.0f} ms "
               f"(inside: {b['server_timings_ms']}); all attached in resources.json after {b['attached_ms']:.0f} ms")
+        r = ph["cp_rss_mb"]
+        print(f"control-plane RSS: {r['up']:.0f} MB after `up`, {r['after_changes']:.0f} MB after {r['changes']} changes")
     big = max(phases, key=lambda p: p["services"])
     ack = stats(big["samples_ms"]["apply→ACK"])
     targets = [

@@ -77,8 +77,8 @@ def ladder_md(d: dict[str, Any]) -> list[str]:
     added = [r for r in d["added_latency"] if r["profile"].startswith("1000 rps")]
     out += ["**Latency added over direct at 1000 rps** (all profiles in `results/ladder.json`)", "",
             md_table(added, [("profile", "profile", ""), ("rung", "rung", ""), ("p50", "added p50 ms", ".3f"), ("p99", "added p99 ms", ".3f")]), ""]
-    out += [f"Idle CPU with no traffic (cores): " + ", ".join(f"{k} {v:.3f}" for k, v in d["idle_cores"].items()) + ".", ""]
-    out += [f"Per-request features in the proxies' config (from their /config_dump): "
+    out += ["Idle CPU with no traffic (cores): " + ", ".join(f"{k} {v:.3f}" for k, v in d["idle_cores"].items()) + ".", ""]
+    out += ["Per-request features in the proxies' config (from their /config_dump): "
             + "; ".join(f"{k}: " + ", ".join(f for f, on in v.items() if on) for k, v in d["features"].items()) + ".", ""]
     broken = [d["rungs"][k] for k, ok in d["connection_close_works"].items() if not ok]
     if broken:
@@ -137,6 +137,10 @@ def convergence_md(d: dict[str, Any]) -> list[str]:
                 f"{b['routes']} HTTPRoutes created by one apply: answered (all ACKed) after {b['acked_ms']:.0f} ms "
                 f"(inside the supervisor: {', '.join(f'{k} {v:.0f} ms' for k, v in b['server_timings_ms'].items())}); "
                 f"all shown attached after {b['attached_ms']:.0f} ms.", ""]
+        if "cp_rss_mb" in ph:
+            r = ph["cp_rss_mb"]
+            out += [f"Control-plane RSS: {r['up']:.0f} MB after `up`, {r['after_changes']:.0f} MB after the {r['changes']} changes above "
+                    "(before the bulk apply).", ""]
     return out
 
 
