@@ -39,7 +39,7 @@ _CACHE_SIZE = 65536  # encoded resources kept across snapshots (at most this man
 # ... and at most this many bytes of them. A count alone let one multi-megabyte listener (a waypoint's
 # main_internal, re-encoded on every policy change) pile up version after version: ~2 MB more resident
 # per change at 1000 Services. Resources a node is served stay referenced by its encoding regardless.
-_CACHE_BYTES = 48 << 20
+_CACHE_BYTES = 16 << 20  # about two versions of that listener: enough to go back one change without re-encoding
 
 
 @dataclass(frozen=True)
