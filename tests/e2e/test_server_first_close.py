@@ -1,0 +1,101 @@
+"""A server that answers and closes at once (HTTP/1.0 without Content-Length, a banner then close): the client
+must get the whole answer.
+
+Known bug (bench/RESULTS.md, reading item 8): Envoy 1.40 resets a terminated CONNECT stream whose TCP
+upstream closes first, and the source side's internal listener (`originate` in the ztunnel, `connect_originate`
+in the waypoint) can drop the bytes it still holds when that reset closes it. On the L4 path to a pod the
+answer was lost in every run here; on a TCP port through the waypoint in about 2 runs of 5. Both are xfails,
+not strict ones (a race: a strict xfail would fail CI whenever the race goes the good way); `-rxX` shows
+them. HTTP through the waypoint (the waypoint's HTTP codec frames the answer itself) must get it all.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+
+import pytest
+
+from tests.manifests import ambient_with_waypoint
+
+pytestmark = pytest.mark.e2e
+
+PORT = 9000
+BODY = "".join(f"line {i} of an answer sent before the server closes\n" for i in range(60))
+ANSWER = ("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + BODY).encode()
+
+
+def _service(name: str, port_name: str, waypoint: bool) -> str:
+    labels = ", labels: {istio.io/use-waypoint: waypoint}" if waypoint else ""
+    return (f"\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: closing{labels}}}\n"
+            f"spec: {{selector: {{app: closer}}, ports: [{{name: {port_name}, port: 80, targetPort: {PORT}}}]}}\n")
+
+
+# The backend is a pod whose image is not the built-in echo, so nothing listens for it: the test serves
+# its application address itself.
+MESH = (
+    ambient_with_waypoint("closing", namespace_uses_waypoint=False)
+    + "\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: closer, namespace: closing}\nspec:\n"
+    "  selector: {matchLabels: {app: closer}}\n"
+    f"  template: {{metadata: {{labels: {{app: closer}}}}, spec: {{containers: [{{name: c, image: example/closer, ports: [{{containerPort: {PORT}}}]}}]}}}}\n"
+    + _service("plain", "tcp", waypoint=False)  # ztunnel → ztunnel (L4)
+    + _service("tcp-via-waypoint", "tcp", waypoint=True)  # a TCP port through the waypoint
+    + _service("http-via-waypoint", "http", waypoint=True)  # HTTP through the waypoint
+)
+
+
+class _AnswerAndClose(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass  # the request head
+        self.wfile.write(ANSWER)  # then the handler returns and the server closes the connection
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+@pytest.fixture(scope="module")
+def mesh(start_mesh_module):
+    mesh = start_mesh_module(MESH, name="closing")
+    (pod,) = mesh.pods("closing", "closer")
+    server = _Server((pod["app_address"], PORT), _AnswerAndClose)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield mesh
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _fetch(mesh, service: str):
+    return mesh.request("closing/client", f"http://{service}.closing.svc.cluster.local/", timeout=10)
+
+
+def test_http_through_the_waypoint_gets_the_whole_answer(mesh):
+    r = _fetch(mesh, "http-via-waypoint")
+    assert r.status == 200 and r.body == BODY
+
+
+@pytest.mark.xfail(reason="Envoy 1.40: a CONNECT tunnel whose server closes first is reset, and the waypoint's `connect_originate` "
+                   "internal listener can drop the buffered answer (a race; bench/RESULTS.md, reading item 8)")
+def test_a_tcp_port_through_the_waypoint_gets_the_whole_answer(mesh):
+    r = _fetch(mesh, "tcp-via-waypoint")
+    assert r.status == 200 and r.body == BODY
+
+
+@pytest.mark.xfail(reason="Envoy 1.40: a CONNECT tunnel whose server closes first is reset, and the source ztunnel's "
+                   "`originate` internal listener drops the buffered answer (bench/RESULTS.md, reading item 8)")
+def test_the_l4_path_gets_the_whole_answer(mesh):
+    r = _fetch(mesh, "plain")
+    assert r.status == 200 and r.body == BODY
+
+
+def test_the_mesh_is_what_this_module_means(mesh):
+    """The backend is a captured pod (HBONE to its ztunnel), and only the two *-via-waypoint Services use it."""
+    (pod,) = mesh.pods("closing", "closer")
+    assert pod["captured"] and pod["app_address"] != pod["address"]
+    waypoints = {s["name"]: s["waypoint"] for s in mesh.state["services"] if s["namespace"] == "closing"}
+    assert waypoints == {"plain": None, "tcp-via-waypoint": "closing/waypoint", "http-via-waypoint": "closing/waypoint"}, json.dumps(waypoints)
