@@ -12,11 +12,11 @@ them. HTTP through the waypoint (the waypoint's HTTP codec frames the answer its
 from __future__ import annotations
 
 import json
-import socketserver
-import threading
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from tests.e2e.servers import serving
 from tests.manifests import ambient_with_waypoint
 
 pytestmark = pytest.mark.e2e
@@ -45,29 +45,23 @@ MESH = (
 )
 
 
-class _AnswerAndClose(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-            pass  # the request head
-        self.wfile.write(ANSWER)  # then the handler returns and the server closes the connection
+class _AnswerAndClose(BaseHTTPRequestHandler):
+    """Writes the whole answer, then the connection closes (HTTP/1.0, no Content-Length)."""
 
+    def do_GET(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's name
+        self.wfile.write(ANSWER)
+        self.close_connection = True
 
-class _Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
+    def log_message(self, *args) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
 def mesh(start_mesh_module):
     mesh = start_mesh_module(MESH, name="closing")
     (pod,) = mesh.pods("closing", "closer")
-    server = _Server((pod["app_address"], PORT), _AnswerAndClose)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(pod["app_address"], PORT, _AnswerAndClose):
         yield mesh
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _fetch(mesh, service: str):
