@@ -113,33 +113,38 @@ def _read(snapshot: MeshSnapshot, dep: Dep) -> Any:
 
 
 # Keyed lookups that are a `get` on one of the snapshot's indexes (`MeshSnapshot.service(key)` is
-# `_services_by_key.get(key)`, ...): lookup name -> (the index, the key its arguments make).
-_INDEXED: dict[str, tuple[str, Any]] = {
-    "service": ("_services_by_key", lambda args: args[0]),
-    "service_by_fqdn": ("_services_by_fqdn", lambda args: args[0]),
-    "workload": ("_workloads_by_key", lambda args: args[0]),
-    "routes_for": ("_routes_by_port", lambda args: (args[0], args[1])),
-    "l4routes_for": ("_l4routes_by_port", lambda args: (args[0], args[1])),
+# `_services_by_key.get(key)`, ...): lookup name -> (the index, how many arguments make its key). A recorded
+# call with another number of arguments is not treated as keyed.
+_INDEXED: dict[str, tuple[str, int]] = {
+    "service": ("_services_by_key", 1),
+    "service_by_fqdn": ("_services_by_fqdn", 1),
+    "workload": ("_workloads_by_key", 1),
+    "routes_for": ("_routes_by_port", 2),
+    "l4routes_for": ("_l4routes_by_port", 2),
 }
-
-
-# How many arguments each keyed lookup takes; a recorded call with another count is not treated as keyed.
-_ARITY: dict[str, int] = {"service": 1, "service_by_fqdn": 1, "workload": 1, "routes_for": 2, "l4routes_for": 2}
 _LOOKUPS_OF_INDEX: dict[str, tuple[str, ...]] = {}
 for _name, (_index, _) in _INDEXED.items():
     _LOOKUPS_OF_INDEX[_index] = (*_LOOKUPS_OF_INDEX.get(_index, ()), _name)
 
 
-def _keyed_index(dep: Dep) -> str | None:
-    """The index a keyed lookup reads (`_INDEXED`), or None when `dep` is not one."""
-    if dep[0] != "call" or dep[3] or dep[1] not in _INDEXED or len(dep[2]) != _ARITY[dep[1]]:
+def _keyed(dep: Dep) -> tuple[str, Any] | None:
+    """(the index, the key) a keyed lookup reads (`_INDEXED`), or None when `dep` is not one."""
+    if dep[0] != "call" or dep[3] or dep[1] not in _INDEXED:
         return None
-    return _INDEXED[dep[1]][0]
+    index, arity = _INDEXED[dep[1]]
+    if len(dep[2]) != arity:
+        return None
+    return index, dep[2][0] if arity == 1 else dep[2]
+
+
+def _keyed_index(dep: Dep) -> str | None:
+    keyed = _keyed(dep)
+    return None if keyed is None else keyed[0]
 
 
 def _lookup_dep(name: str, key: Any) -> Dep:
-    """The recorded read of lookup `name` whose arguments make index key `key` (the inverse of `_INDEXED`)."""
-    return ("call", name, key if _ARITY[name] > 1 else (key,), ())
+    """The recorded read of lookup `name` whose arguments make index key `key` (the inverse of `_keyed`)."""
+    return ("call", name, key if _INDEXED[name][1] > 1 else (key,), ())
 
 
 def primitives(dep: Dep) -> tuple:
@@ -261,17 +266,8 @@ class Diff:
 
     def _indexed(self, dep: Dep) -> bool | None:
         """The answer for a keyed lookup on an index, or None when `dep` is not one."""
-        if dep[0] != "call" or dep[3]:
-            return None
-        found = _INDEXED.get(dep[1])
-        if found is None:
-            return None
-        index, key_of = found
-        try:
-            key = key_of(dep[2])
-        except IndexError:
-            return None
-        return key in self.index_changes(index)
+        keyed = _keyed(dep)
+        return None if keyed is None else keyed[1] in self.index_changes(keyed[0])
 
     def index_changes(self, index: str) -> set:
         """The keys of snapshot index `index` (`_INDEXED`) whose values differ between the two snapshots."""
