@@ -128,7 +128,6 @@ class _Contribution(NamedTuple):
 class _Assembly(NamedTuple):
     """An attachment's assembled state, kept so that the next call can redo only the ports a change touched."""
 
-    order: tuple  # the routes, by id, in input order
     by_service: dict  # (service key, port, kind) -> group -> [entries]
     by_waypoint: dict  # (waypoint, kind) -> group -> [entries]
     contributors: dict  # (service key, port) -> ids of the routes with entries there (`_pack`)
@@ -248,8 +247,8 @@ def attach(
     previous = memo.assembly if same_context else None
     assembly = None
     if previous is not None:
-        # Route ids are stable here: the memo holds the earlier routes, so no id of theirs can be reused.
-        gone = [memo[i] for i in previous.order if i not in new_memo]
+        # The memo holds exactly the earlier call's routes (keeping them alive, so no id of theirs is reused).
+        gone = [c for i, c in memo.items() if i not in new_memo]
         changed = gone + [new_memo[i] for i in fresh]
         if len(changed) <= _REASSEMBLE_LIMIT and not any(c.waypoint_adds for c in changed):
             assembly = _reassemble(routes, new_memo, lookup, previous, changed)
@@ -297,7 +296,7 @@ def _assemble(routes: list, contributions: Mapping[int, _Contribution], lookup: 
     for (service_key, port, kind), groups in by_service.items():
         if winners[(service_key, port)] == kind:
             results[(service_key, port)] = _service_routes(service_key, port, groups)
-    return _Assembly(tuple(id(r) for r in routes), by_service, by_waypoint, {k: _pack(v) for k, v in contributors.items()}, winners, results, statuses)
+    return _Assembly(by_service, by_waypoint, {k: _pack(v) for k, v in contributors.items()}, winners, results, statuses)
 
 
 def _pack(ids: set[int]) -> int | frozenset:
@@ -364,7 +363,7 @@ def _reassemble(routes: list, contributions: Mapping[int, _Contribution], lookup
     for i in remark:
         c = contributions[i]
         statuses[i] = _mark_conflicts(c.status, c.claims, winners)
-    return _Assembly(tuple(id(r) for r in routes), by_service, before.by_waypoint, contributors, winners, results, statuses)
+    return _Assembly(by_service, before.by_waypoint, contributors, winners, results, statuses)
 
 
 def _mark_conflicts(status: ResourceStatus, claims, winners) -> ResourceStatus:
