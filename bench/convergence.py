@@ -163,6 +163,13 @@ class Prober:
             time.sleep(self.INTERVAL)
 
 
+def ack_ms(answered_after: float, answer: dict[str, Any]) -> float:
+    """Request → every affected Envoy ACKed, in ms: the time until the answer (`answered_after`, seconds) less
+    what the supervisor did after the ACKs (its total less compute and rollout)."""
+    t = answer["timings_ms"]
+    return answered_after * 1000 - (t["total"] - t["compute"] - t["rollout"])
+
+
 def control_call(state_dir: Path, paths: list[Path]) -> dict[str, Any]:
     return call(state_dir / "control.sock", {"op": "apply", "paths": [str(p) for p in paths]}, timeout=300)
 
@@ -231,8 +238,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
                 kind = "cli" if via_cli else "apply"
                 samples[f"{kind}→answer"].append((acked - t0) * 1000)
                 if answer:
-                    after_ack = answer["timings_ms"]["total"] - answer["timings_ms"]["compute"] - answer["timings_ms"]["rollout"]
-                    samples["apply→ACK"].append((acked - t0) * 1000 - after_ack)
+                    samples["apply→ACK"].append(ack_ms(acked - t0, answer))
                 samples[f"{kind}→observed"].append((seen - t0) * 1000)
                 if answer:
                     for k in server:
@@ -260,8 +266,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
                 answer = control_call(state_dir, [f])
                 if not answer.get("ok"):
                     raise SystemExit(f"policy apply failed: {answer}")
-                after_ack = answer["timings_ms"]["total"] - answer["timings_ms"]["compute"] - answer["timings_ms"]["rollout"]
-                samples["policy apply→ACK"].append((time.perf_counter() - t0) * 1000 - after_ack)
+                samples["policy apply→ACK"].append(ack_ms(time.perf_counter() - t0, answer))
             rss_after_changes = rss_mb(mesh.control_plane_pid)
             # 3. many routes at once.
             bulk = work / "bulk.yaml"
