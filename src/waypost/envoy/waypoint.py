@@ -18,6 +18,7 @@ from typing import Any
 from waypost.mesh.model import Endpoint, L4Routes, MeshSnapshot, Service, Waypoint, Workload
 from waypost.mesh.registry import port_protocol
 
+from waypost.mesh.build import interned
 from waypost.mesh.tracking import Diff, ReadIndex, Recorder
 
 from . import common as c
@@ -415,7 +416,7 @@ def _section(memo: Memo | None, diff: Diff | None, stale: set[str] | None, key: 
     """A section's earlier result when neither its arguments nor anything it read changed (`stale`: the
     sections some read of which changed, from the memo's `ReadIndex`); else computed again, reading through
     a `Recorder` when there is a `diff` (incremental mode) to remember its reads."""
-    if memo is not None and diff is not None and stale is not None:
+    if stale is not None:  # incremental mode with an earlier memo (`stale` comes from its read index)
         previous = memo.sections.get(key)
         if previous is not None and key not in stale and previous[0] == args:
             sections[key] = previous
@@ -436,8 +437,7 @@ def _kept_parts(section: Section, earlier: Section) -> Section:
     replaced by that earlier object: what a change did not touch stays the same object, so the listener
     assembly, the config comparison and the xDS encoding see it unchanged by identity."""
     def kept(new: tuple[dict[str, Any], ...], old: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
-        by_name = {item.get("name"): item for item in old}
-        return tuple(o if (o := by_name.get(item.get("name"))) is not None and (o is item or o == item) else item for item in new)
+        return interned(new, {item.get("name"): item for item in old}, lambda item: item.get("name"))
 
     return Section(kept(section.clusters, earlier.clusters), kept(section.routes, earlier.routes), kept(section.chains, earlier.chains),
                    section.domains, section.sniff_ports, section.tls_ports)

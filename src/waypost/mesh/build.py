@@ -116,8 +116,8 @@ def _same(a: Any, b: Any) -> bool:
     return a == b  # a name, the MeshConfig
 
 
-def _interned(values: Iterable[T], earlier: Mapping[Any, T] | None, key: Callable[[T], Any]) -> tuple[T, ...]:
-    """`values`, each replaced by the earlier snapshot's value of the same key when the two are equal: the
+def interned(values: Iterable[T], earlier: Mapping[Any, T] | None, key: Callable[[T], Any]) -> tuple[T, ...]:
+    """`values`, each replaced by the earlier value of the same key (in `earlier`) when the two are equal: the
     next change then compares them (translation's and the status documents' read tracking) by identity,
     one cheap `is` instead of a deep comparison in every place that reads them."""
     if not earlier:
@@ -361,9 +361,9 @@ def build(
         reg = _registry(of, plan, previous, inputs)
         # The previous snapshot's equal values, as the very objects: the rest of this build, and the next
         # one that reuses this registry, then compare them by identity.
-        interned = _interned(reg.services.values(), reuse and reuse._services_by_key, lambda s: s.key)
-        reg = replace(reg, workloads=list(_interned(reg.workloads, reuse and reuse._workloads_by_key, lambda w: w.key)),
-                      services={s.key: s for s in interned})
+        kept_services = interned(reg.services.values(), reuse and reuse._services_by_key, lambda s: s.key)
+        reg = replace(reg, workloads=list(interned(reg.workloads, reuse and reuse._workloads_by_key, lambda w: w.key)),
+                      services={s.key: s for s in kept_services})
     namespace_labels, waypoint_gateways, waypoints = reg.namespace_labels, reg.waypoint_gateways, reg.waypoints
     workloads, services = reg.workloads, reg.services
     statuses: list[ResourceStatus] = list(reg.statuses)
@@ -429,11 +429,11 @@ def build(
         workloads=kept("workloads", workloads),
         services=kept("services", services.values()),
         waypoints=kept("waypoints", waypoints.values()),
-        routes=kept("routes", _interned(routes, reuse and reuse._routes_by_port, lambda r: (r.service, r.port))),
-        statuses=kept("statuses", _interned(
+        routes=kept("routes", interned(routes, reuse and reuse._routes_by_port, lambda r: (r.service, r.port))),
+        statuses=kept("statuses", interned(
             sorted(statuses, key=lambda s: (s.kind, s.namespace, s.name)), reuse and reuse._statuses_by_name, lambda s: (s.kind, s.namespace, s.name)
         )),
-        l4routes=kept("l4routes", _interned(l4, reuse and reuse._l4routes_by_port, lambda r: (r.service, r.port))),
+        l4routes=kept("l4routes", interned(l4, reuse and reuse._l4routes_by_port, lambda r: (r.service, r.port))),
         authorization_policies=kept("authorization_policies", policies),
         request_authentications=tuple(sorted(of(RequestAuthentication), key=lambda p: (p.namespace, p.name))),
         root_namespace=root_namespace,
