@@ -96,6 +96,9 @@ class PodSpec(LooseModel):
     service_account_name: str | None = None
     service_account: str | None = None  # deprecated alias Kubernetes still honours
     hostname: str | None = None
+    # The node the pod runs on. Kubernetes' scheduler sets it; in the local mesh the manifest may name one, and
+    # each distinct node gets its own ztunnel (a DNS subdomain, as Kubernetes validates node names).
+    node_name: str | None = Field(default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class Pod(Resource):

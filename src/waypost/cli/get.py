@@ -76,7 +76,7 @@ def pod_documents(state: dict[str, Any]) -> list[dict[str, Any]]:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": w["pod"], "namespace": w["namespace"], "creationTimestamp": state.get("started")},
-                "spec": {"nodeName": "node-0"},
+                "spec": {"nodeName": w.get("node", "node-0")},
                 "status": {"phase": "Running", "podIP": w["address"], "podIPs": [{"ip": w["address"]}]},
                 "_identity": w["identity"],
                 "_waypoint": w.get("waypoint"),

@@ -186,7 +186,12 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     """
     local = node_workloads(snapshot, node)
     address = snapshot.plan.ztunnel(list(snapshot.nodes).index(node))
-    clients = [w for w in local if w.captured]
+    # Loopback has one capture point: a client connects to the VIP or pod IP itself, and only one process can
+    # listen there. So the first node's ztunnel captures the outbound traffic of every enrolled workload, on
+    # any node, and tunnels it with the client's identity; each node's ztunnel terminates HBONE for its own
+    # pods (inbound: L4 policy, destination metrics), as a real node's ztunnel does.
+    capture = node == snapshot.nodes[0]
+    clients = [w for w in snapshot.workloads if w.captured] if capture else []
     identities = sorted({w.identity for w in clients})
     # Source chains group clients by identity *and* workload labels, so the CONNECT can carry the
     # source workload's labels for the waypoint's metrics (one group per Deployment in practice).
@@ -234,7 +239,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         )
 
     # Service VIPs.
-    for service in snapshot.services:
+    for service in snapshot.services if capture else ():
         waypoint = snapshot.waypoint(service.waypoint)
         for sp in service.ports:
             captures.append((service.vip, sp.port))
@@ -298,16 +303,17 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     inbound_chains: list[dict[str, Any]] = []
     internal_chains: list[dict[str, Any]] = []
     hbone_pods = [w for w in local if w.captured and w.kind == "Pod"]
+    captured_pods = [w for w in snapshot.workloads if w.captured and w.kind == "Pod"] if capture else hbone_pods
     inbound_logs: dict[tuple, list[dict[str, Any]]] = {}  # destination labels -> the inbound chains' stats loggers
     endpoint_ports = _endpoint_ports(snapshot)
     by_namespace = _ztunnel_policies(snapshot)
-    for pod in hbone_pods:
+    for pod in captured_pods:
+        is_local = pod.node == node
         waypoint = snapshot.waypoint(pod.waypoint)
         # Only this namespace's and the root namespace's policies can apply (authz.for_ztunnel's rule).
         candidates = [p for _, p in sorted(by_namespace.get(pod.namespace, []) + (by_namespace.get(snapshot.root_namespace, []) if pod.namespace != snapshot.root_namespace else []), key=lambda ip: ip[0])]
         pod_policies = authz.for_ztunnel(candidates, pod, snapshot.root_namespace)
         for port in sorted({p.port for p in pod.ports} | endpoint_ports.get(pod.key, set())):
-            captures.append((pod.address, port))
             app = f"inbound|{port}||{pod.address}"
             add_cluster(
                 {
@@ -321,12 +327,14 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                 }
             )
 
-            if waypoint is not None:
-                waypoints_used.add(waypoint)
-                tunnel(pod.address, port, f"hbone_waypoint|{{sa}}|{waypoint.ref}")
-            else:
-                uses["pod"] = True
-                tunnel(pod.address, port, "hbone_pod|{sa}", dial_pod=True)
+            if capture:
+                captures.append((pod.address, port))
+                if waypoint is not None:
+                    waypoints_used.add(waypoint)
+                    tunnel(pod.address, port, f"hbone_waypoint|{{sa}}|{waypoint.ref}")
+                else:
+                    uses["pod"] = True
+                    tunnel(pod.address, port, "hbone_pod|{sa}", dial_pod=True)
             # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
             # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
             authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
@@ -335,23 +343,25 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             inbound_log = inbound_logs.get(literal_key)
             if inbound_log is None:  # the pods of one Deployment log with the same labels: one logger list
                 inbound_log = inbound_logs[literal_key] = telemetry.tcp_access_log("destination", None, literals, mesh=snapshot.mesh_config)
-            plain_chains.append(
-                {
-                    "name": f"inbound_plain|{pod.address}:{port}",
-                    "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port, **trusted},
-                    # PeerAuthentication STRICT: plaintext (no peer identity) is refused, as ztunnel's
-                    # static strict policy does; mesh traffic arrives over HBONE (the inbound listener).
-                    "filters": (_strict_mtls(pod.name) if authz.mtls_mode(snapshot.peer_authentications, pod, port, snapshot.root_namespace) == "STRICT" else [])
-                    + authz_filters + [c.tcp_proxy(f"inbound_plain_{port}", app)],
-                }
-            )
-            internal_chains.append(
-                {
-                    "name": f"inbound|{pod.address}:{port}",
-                    "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port},
-                    "filters": authz_filters + [c.tcp_proxy(f"inbound_{port}", app, inbound_log)],
-                }
-            )
+            if capture:  # plaintext from outside the mesh arrives where the capture is
+                plain_chains.append(
+                    {
+                        "name": f"inbound_plain|{pod.address}:{port}",
+                        "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port, **trusted},
+                        # PeerAuthentication STRICT: plaintext (no peer identity) is refused, as ztunnel's
+                        # static strict policy does; mesh traffic arrives over HBONE (the inbound listener).
+                        "filters": (_strict_mtls(pod.name) if authz.mtls_mode(snapshot.peer_authentications, pod, port, snapshot.root_namespace) == "STRICT" else [])
+                        + authz_filters + [c.tcp_proxy(f"inbound_plain_{port}", app)],
+                    }
+                )
+            if is_local:
+                internal_chains.append(
+                    {
+                        "name": f"inbound|{pod.address}:{port}",
+                        "filter_chain_match": {"prefix_ranges": [c.host_prefix(pod.address)], "destination_port": port},
+                        "filters": authz_filters + [c.tcp_proxy(f"inbound_{port}", app, inbound_log)],
+                    }
+                )
 
     # HBONE termination: one filter chain per pod identity (its certificate), covering all its pods.
     pods_by_identity: dict[str, list[str]] = {}

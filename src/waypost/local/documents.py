@@ -62,6 +62,7 @@ def _workload_entry(w: Any) -> dict[str, Any]:
         "app_address": w.app_address,
         "identity": w.identity,
         "captured": w.captured,
+        "node": w.node,
         "echo": w.echo,
         "waypoint": str(w.waypoint) if w.waypoint else None,
     }

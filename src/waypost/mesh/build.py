@@ -231,7 +231,7 @@ def _registry(of: Callable[[type], list], plan: AddressPlan, previous: Mapping[s
                 address=address,
                 app_address=plan.inside_of(address) if captured else address,
                 captured=captured,
-                node=DEFAULT_NODE,
+                node=spec.node_name or DEFAULT_NODE,
                 ports=registry.pod_spec_ports(spec),
                 image=image,
                 echo=flavor,
@@ -425,7 +425,9 @@ def build(
 
     snapshot = MeshSnapshot(
         plan=plan,
-        nodes=(DEFAULT_NODE,),
+        # The default node first (it holds the ztunnel address of index 0 and the outbound capture), then the
+        # others pods name, sorted: a node's ztunnel address is its index here.
+        nodes=(DEFAULT_NODE, *sorted({w.node for w in workloads} - {DEFAULT_NODE})),
         workloads=kept("workloads", workloads),
         services=kept("services", services.values()),
         waypoints=kept("waypoints", waypoints.values()),

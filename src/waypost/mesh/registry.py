@@ -25,7 +25,10 @@ def _encode(digest: bytes, length: int) -> str:
 
 def pod_names(deployment: Deployment) -> list[str]:
     """`<deployment>-<template hash>-<suffix>` names, as a ReplicaSet names its pods; deterministic."""
-    template = deployment.spec.template.model_dump_json(by_alias=True)
+    # A field the template leaves unset is not part of the hash, so adding an optional field to the model
+    # (spec.nodeName) does not rename every existing pod.
+    unset = {"spec": {"node_name"}} if deployment.spec.template.spec.node_name is None else None
+    template = deployment.spec.template.model_dump_json(by_alias=True, exclude=unset)
     rs_hash = _encode(hashlib.sha256(f"{deployment.namespace}/{deployment.name}/{template}".encode()).digest(), 10)
     names = []
     for i in range(deployment.spec.replicas):
