@@ -7,7 +7,9 @@ Rungs (all on loopback, same nginx backend answering 1 KB, every Envoy with --co
   bare hop    client → one static Envoy (bench/bare_envoy.yaml: HCM + router) → nginx
   mesh L4     client → ztunnel → HBONE → ztunnel → nginx
   waypoint    client → ztunnel → HBONE → waypoint (L7) → HBONE → ztunnel → nginx, no policy
-  +policy     as `waypoint`, with one ALLOW AuthorizationPolicy on the Service (the "full mesh path")
+  +policy     as `waypoint`, with one ALLOW AuthorizationPolicy on the Service (the "full mesh path":
+              policy and Istio's metrics on, no access log, as in Istio's default profile)
+  +log        as `+policy`, with the access log on for its Service (Telemetry, provider `envoy`)
   heavy       as `waypoint`, with 1000 HTTPRoutes and 1000 AuthorizationPolicy rules on the Service the
               load goes to; the request matches the last route and the last rule (the worst case)
 
@@ -47,7 +49,21 @@ NCPU = os.cpu_count() or 1
 FOREIGN_LIMIT = 0.25  # cores used by processes outside the benchmark above which a run is repeated
 MAX_ATTEMPTS = 3
 
+# MeshConfig as Istio's default profile has it, which its published performance figures use: no access log
+# (waypost's own default is Istio's demo profile, logging to stdout). The `logged` rung turns the log on for
+# its Service with a Telemetry resource, to show what it costs.
 BASE = f"""\
+apiVersion: v1
+kind: Namespace
+metadata: {{name: istio-system}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    accessLogFile: ""
+---
 apiVersion: v1
 kind: Namespace
 metadata: {{name: {NS}, labels: {{istio.io/dataplane-mode: ambient}}}}
@@ -105,6 +121,16 @@ spec:
 """
 
 
+ACCESS_LOG = """\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: log-{service}, namespace: {ns}}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: {service}}}]
+  accessLogging: [{{providers: [{{name: envoy}}]}}]
+"""
+
+
 def heavy_service(service: str, waypoint: str, routes: bool, rules: bool) -> list[str]:
     """A Service behind its own waypoint, with ROUTES HTTPRoutes and/or RULES policy rules on it.
 
@@ -137,6 +163,9 @@ def manifests() -> str:
     docs.append(WAYPOINT_SERVICE.format(waypoint="waypoint", service="l7", ns=NS))
     docs.append(WAYPOINT_SERVICE.format(waypoint="waypoint-policy", service="l7p", ns=NS))
     docs.append(ALLOW_LOADGEN.format(name="allow-loadgen", service="l7p", ns=NS))
+    docs.append(WAYPOINT_SERVICE.format(waypoint="waypoint-logged", service="l7log", ns=NS))
+    docs.append(ALLOW_LOADGEN.format(name="allow-loadgen-logged", service="l7log", ns=NS))
+    docs.append(ACCESS_LOG.format(service="l7log", ns=NS))
     docs += heavy_service("heavy", "waypoint-heavy", routes=True, rules=True)
     docs += heavy_service("routes", "waypoint-routes", routes=True, rules=False)
     docs += heavy_service("rules", "waypoint-rules", routes=False, rules=True)
@@ -152,6 +181,7 @@ RUNGS = {
     "l4": ("mesh L4 (ztunnel only)", ["ztunnel"], "all"),
     "waypoint": ("mesh + waypoint", ["ztunnel", "waypoint"], "all"),
     "policy": ("mesh + waypoint + policy", ["ztunnel", "waypoint-policy"], "all"),
+    "logged": ("+ policy + access log", ["ztunnel", "waypoint-logged"], "all"),
     "heavy": ("waypoint, 1000 routes+rules", ["ztunnel", "waypoint-heavy"], "all"),
     "routes": ("waypoint, 1000 routes only", ["ztunnel", "waypoint-routes"], "max"),
     "rules": ("waypoint, 1000 rules only", ["ztunnel", "waypoint-rules"], "max"),
@@ -174,6 +204,38 @@ def http_get(url: str, close: bool = False) -> tuple[int, int]:
         return 0, 0
     finally:
         conn.close()
+
+
+# Unloaded latency as the reference spike measured it (shared spec/envoy-dataplane.md §5, latency.py): one
+# keep-alive client sending GETs one after another, the first ones dropped as warm-up. The spike's figures on
+# this machine class, for comparison: direct p50 123-133 µs, full path (policy + stats) 449-469 µs, so
+# 0.32-0.34 ms added.
+SEQUENTIAL_RUNGS = ("direct", "bare", "l4", "waypoint", "policy")
+SPIKE_FULL_ADDED_P50_MS = (0.32, 0.34)
+
+
+def sequential_latency(url: str, requests: int, warmup: int = 200) -> dict[str, float]:
+    """p50/p90/p99 in ms of `requests` sequential keep-alive GETs (after `warmup` unmeasured ones)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    took = []
+    try:
+        for i in range(warmup + requests):
+            start = time.perf_counter()
+            conn.request("GET", u.path or "/")
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"{url} answered {response.status} during the sequential latency run")
+            if i >= warmup:
+                took.append((time.perf_counter() - start) * 1000)
+    finally:
+        conn.close()
+    took.sort()
+    return {q: took[min(len(took) - 1, int(len(took) * f))] for q, f in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99))}
 
 
 def profiles(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -247,10 +309,11 @@ def main() -> int:
     parser.add_argument("--rates", type=int, nargs="+", default=[500, 1000])
     parser.add_argument("--fixed-connections", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--max-connections", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--sequential", type=int, default=2000, help="requests per rung and round of the sequential-client latency run")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s runs: a smoke test of the script")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.fixed_seconds, args.max_seconds, args.warmup = 1, 1.0, 1.0, 0.2
+        args.rounds, args.fixed_seconds, args.max_seconds, args.warmup, args.sequential = 1, 1.0, 1.0, 0.2, 200
     ensure_tools()
     work = workdir("ladder")
     (work / "mesh.yaml").write_text(manifests())
@@ -262,17 +325,18 @@ def main() -> int:
             nginx = start_nginx(work / "nginx", [(backend, 8080)])
             bare, bare_url = start_bare_envoy(work, backend)
             proxies = mesh.proxies()
-            waypoints = ["waypoint", "waypoint-policy", "waypoint-heavy", "waypoint-routes", "waypoint-rules"]
+            waypoints = ["waypoint", "waypoint-policy", "waypoint-logged", "waypoint-heavy", "waypoint-routes", "waypoint-rules"]
             pids = {"ztunnel": proxies["ztunnel~node-0"]["pid"], **{w: proxies[f"waypoint~{NS}~{w}"]["pid"] for w in waypoints}}
             pids.update({"bare": bare.pid, "nginx": nginx.pid, "control plane": mesh.control_plane_pid})
             urls = {
                 "direct": f"http://{backend}:8080/",
                 "bare": bare_url,
                 **{rung: f"http://{mesh.vip(svc)}:8080/" for rung, svc in
-                   (("l4", "l4"), ("waypoint", "l7"), ("policy", "l7p"), ("heavy", "heavy"), ("routes", "routes"), ("rules", "rules"))},
+                   (("l4", "l4"), ("waypoint", "l7"), ("policy", "l7p"), ("logged", "l7log"), ("heavy", "heavy"), ("routes", "routes"), ("rules", "rules"))},
             }
             features = {name: config_features(proxies[pid]["admin"]) for name, pid in
-                        (("ztunnel", "ztunnel~node-0"), ("waypoint", f"waypoint~{NS}~waypoint"), ("waypoint-policy", f"waypoint~{NS}~waypoint-policy"))}
+                        (("ztunnel", "ztunnel~node-0"), ("waypoint", f"waypoint~{NS}~waypoint"), ("waypoint-policy", f"waypoint~{NS}~waypoint-policy"),
+                         ("waypoint-logged", f"waypoint~{NS}~waypoint-logged"))}
             heavy_dump_mb = len(admin_get(proxies[f"waypoint~{NS}~waypoint-heavy"]["admin"], "/config_dump")) / 1e6
             # Every rung answers 200 with the 1 KB body before anything is measured (keep-alive, as the load
             # generators; the report says what `Connection: close` does on each rung).
@@ -290,8 +354,12 @@ def main() -> int:
             idle = {k: round(v / IDLE_SECONDS, 4) for k, v in meter.stop().items()}
             setup_seconds = time.monotonic() - started
             runs: list[dict[str, Any]] = []
+            sequential: list[dict[str, Any]] = []
             for rnd in range(1, args.rounds + 1):
                 order = list(RUNGS) if rnd % 2 else list(reversed(RUNGS))
+                for rung in [r for r in order if r in SEQUENTIAL_RUNGS]:
+                    sequential.append({"round": rnd, "rung": rung, **sequential_latency(urls[rung], args.sequential)})
+                    print(f"  round {rnd}  sequential client   {RUNGS[rung][0]:<28} p50 {sequential[-1]['p50_ms']:.3f} ms", flush=True)
                 for profile in profiles(args):
                     for rung in order:
                         if RUNGS[rung][2] != "all" and RUNGS[rung][2] != profile["kind"]:
@@ -310,8 +378,22 @@ def main() -> int:
             stop_process(bare)
             stop_process(nginx)
     extra = {"features": features, "up_seconds": mesh.up_seconds, "setup_seconds": setup_seconds,
-             "heavy_config_dump_mb": heavy_dump_mb, "box_busy_before_start": quiet, "connection_close_works": close_ok, "idle_cores": idle}
+             "heavy_config_dump_mb": heavy_dump_mb, "box_busy_before_start": quiet, "connection_close_works": close_ok, "idle_cores": idle,
+             "sequential_runs": sequential}
     return report(args, runs, extra)
+
+
+def sequential_summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rung: the sequential-client quantiles, means over rounds, and the p50 added over direct."""
+    rows = []
+    for rung in SEQUENTIAL_RUNGS:
+        rs = [r for r in runs if r["rung"] == rung]
+        if rs:
+            rows.append({"key": rung, "rung": RUNGS[rung][0], **{q: mean(r[q] for r in rs) for q in ("p50_ms", "p90_ms", "p99_ms")}})
+    direct = next((r["p50_ms"] for r in rows if r["key"] == "direct"), None)
+    for r in rows:
+        r["added_p50_ms"] = None if direct is None or r["key"] == "direct" else r["p50_ms"] - direct
+    return rows
 
 
 def summarize(runs: list[dict[str, Any]], profile: str, rung: str) -> dict[str, Any] | None:
@@ -391,6 +473,11 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], extra: dict[str
                               "p50": rows[rung]["p50_ms"] - rows["direct"]["p50_ms"], "p99": rows[rung]["p99_ms"] - rows["direct"]["p99_ms"]})
     print("\nLatency added over direct at fixed rates:")
     print(table(added, [("profile", "profile", ""), ("rung", "rung", ""), ("p50", "added p50 ms", ".3f"), ("p99", "added p99 ms", ".3f")]))
+    seq = sequential_summary(extra["sequential_runs"])
+    print(f"\nUnloaded latency, one sequential keep-alive client ({args.sequential} GETs per rung and round, the spike's method; "
+          f"its full path added {SPIKE_FULL_ADDED_P50_MS[0]:.2f}-{SPIKE_FULL_ADDED_P50_MS[1]:.2f} ms p50):")
+    print(table(seq, [("rung", "rung", ""), ("p50_ms", "p50 ms", ".3f"), ("p90_ms", "p90 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
+                      ("added_p50_ms", "added p50 ms", ".3f")]))
     print("\nIdle CPU (cores, no traffic): " + ", ".join(f"{k} {v:.3f}" for k, v in extra["idle_cores"].items()))
 
     # Targets. The full mesh path is the `policy` rung; judged at 1000 rps on the worse of the connection counts.
@@ -420,7 +507,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], extra: dict[str
           f"setup before the first run: {extra['setup_seconds']:.1f} s.")
     path = write_results("ladder", {
         "args": vars(args), "rungs": {k: v[0] for k, v in RUNGS.items()}, **extra,
-        "summary": summary, "throughput_ratios": ratios, "added_latency": added, "targets": targets, "runs": runs,
+        "summary": summary, "throughput_ratios": ratios, "added_latency": added, "sequential_latency": seq,
+        "spike_full_added_p50_ms": SPIKE_FULL_ADDED_P50_MS, "targets": targets, "runs": runs,
     })
     print(f"wrote {path.relative_to(HERE.parent)}")
     return 0

@@ -77,6 +77,13 @@ def ladder_md(d: dict[str, Any]) -> list[str]:
     added = [r for r in d["added_latency"] if r["profile"].startswith("1000 rps")]
     out += ["**Latency added over direct at 1000 rps** (all profiles in `results/ladder.json`)", "",
             md_table(added, [("profile", "profile", ""), ("rung", "rung", ""), ("p50", "added p50 ms", ".3f"), ("p99", "added p99 ms", ".3f")]), ""]
+    if d.get("sequential_latency"):
+        low, high = d["spike_full_added_p50_ms"]
+        out += [f"**Unloaded latency, one sequential keep-alive client** ({a.get('sequential', 2000)} GETs per rung and round after 200 "
+                f"warm-up; the reference spike's method, shared `spec/envoy-dataplane.md` §5, whose hand-written full path added "
+                f"{low:.2f}-{high:.2f} ms p50 on this machine class)", "",
+                md_table(d["sequential_latency"], [("rung", "rung", ""), ("p50_ms", "p50 ms", ".3f"), ("p90_ms", "p90 ms", ".3f"),
+                                                   ("p99_ms", "p99 ms", ".3f"), ("added_p50_ms", "added p50 ms", ".3f")]), ""]
     out += ["Idle CPU with no traffic (cores): " + ", ".join(f"{k} {v:.3f}" for k, v in d["idle_cores"].items()) + ".", ""]
     out += ["Per-request features in the proxies' config (from their /config_dump): "
             + "; ".join(f"{k}: " + ", ".join(f for f, on in v.items() if on) for k, v in d["features"].items()) + ".", ""]
