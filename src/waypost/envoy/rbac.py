@@ -171,11 +171,15 @@ def _path_permission(value: str) -> dict[str, Any]:
     exact = {"url_path": {"path": {"safe_regex": {"regex": regex}}}}
     prefilter = _literal_prefilter(regex)
     if prefilter is not None and regex == re.escape(prefilter.get("prefix", "")) + ".*":
-        return {"url_path": {"path": prefilter}}  # `/api*`: the regex is the prefix and nothing more
+        exact = {"url_path": {"path": prefilter}}  # `/api*`: the regex is the prefix and nothing more
     # The regex implies the literal check, so both together match exactly what the regex alone does; Envoy's
-    # and_rules stops at the first miss, so a request that does not have the literal never runs RE2 (a policy
-    # with many path rules costs a string compare per rule instead of a regex match).
-    return {"and_rules": {"rules": [{"url_path": {"path": prefilter}}, exact]}} if prefilter else exact
+    # and_rules stops at the first miss, so a request without the literal never runs RE2. The literal is
+    # checked on the `:path` header: `url_path` is `:path` cut at `?`/`#`, so a `url_path` that starts with
+    # (or contains) the literal means a `:path` that does too, and a header compare skips the copy Envoy
+    # makes to cut the query (a policy with many path rules costs one compare per rule).
+    if prefilter is None or "?" in next(iter(prefilter.values())) or "#" in next(iter(prefilter.values())):
+        return exact
+    return {"and_rules": {"rules": [{"header": {"name": ":path", "string_match": prefilter}}, exact]}}
 
 
 _REGEX_META = frozenset("()[]{}.*+?|^$")
