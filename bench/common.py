@@ -92,14 +92,34 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
+def sleeps(pid: int) -> int:
+    """Voluntary context switches of all a process's threads (each is a wait for an event, so a later wake-up)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
 class CpuMeter:
     """CPU seconds of named processes between `start()` and `stop()`; those named in `trees` count with
-    their descendants (nginx's worker), the others alone (the supervisor's children are the proxies)."""
+    their descendants (nginx's worker), the others alone (the supervisor's children are the proxies).
+    `stop()` also leaves in `self.sleeps` how often each one's threads went to sleep in between."""
 
     def __init__(self, pids: dict[str, int], trees: Iterable[str] = ()) -> None:
         self.pids = pids
         self.trees = set(trees)
         self._before: dict[str, float] = {}
+        self._sleeps_before: dict[str, int] = {}
+        self.sleeps: dict[str, int] = {}
 
     def _members(self, name: str) -> list[int]:
         pid = self.pids[name]
@@ -108,11 +128,17 @@ class CpuMeter:
     def _read(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(p) for p in self._members(name)) for name in self.pids}
 
+    def _read_sleeps(self) -> dict[str, int]:
+        return {name: sum(sleeps(p) for p in self._members(name)) for name in self.pids}
+
     def start(self) -> None:
         self._before = self._read()
+        self._sleeps_before = self._read_sleeps()
 
     def stop(self) -> dict[str, float]:
         after = self._read()
+        slept = self._read_sleeps()
+        self.sleeps = {name: slept[name] - self._sleeps_before.get(name, 0) for name in slept}
         return {name: after[name] - self._before.get(name, 0.0) for name in after}
 
     def rss(self) -> dict[str, float]:

@@ -278,6 +278,7 @@ def run_one(profile: dict[str, Any], url: str, meter: CpuMeter, args: argparse.N
     result["cpu_s"] = {k: round(v, 3) for k, v in cpu.items()}
     result["cpu_ms_per_1k"] = {k: round(1e6 * v / max(result["requests"], 1), 2) for k, v in cpu.items()}
     result["cpu_cores"] = {k: round(v / seconds, 3) for k, v in cpu.items()}
+    result["sleeps_per_req"] = {k: round(v / max(result["requests"], 1), 2) for k, v in meter.sleeps.items()}
     result["rss_mb"] = meter.rss()
     return result
 
@@ -414,6 +415,7 @@ def summarize(runs: list[dict[str, Any]], profile: str, rung: str) -> dict[str, 
         "path_cpu_ms_per_1k": mean(sum(r["cpu_ms_per_1k"][p] for p in roles) for r in rs),
         "proxies_cpu": " ".join(f"{p}={mean(r['cpu_ms_per_1k'][p] for r in rs):.1f}" for p in roles) or "-",
         "nginx_cpu_ms_per_1k": mean(r["cpu_ms_per_1k"]["nginx"] for r in rs),
+        "sleeps": " ".join(f"{p}={mean(r['sleeps_per_req'][p] for r in rs):.1f}" for p in [*roles, "nginx"]),
         "path_rss_mb": " ".join(f"{p}={max(r['rss_mb'][p] for r in rs):.0f}" for p in roles) or "-",
         "path_cores": mean(sum(r["cpu_cores"][p] for p in roles) for r in rs),
         "box_busy": mean(r["box_busy"] for r in rs),
@@ -434,6 +436,7 @@ COLUMNS = [
     ("path_cpu_ms_per_1k", "path CPU ms/1k", ".1f"),
     ("proxies_cpu", "per proxy CPU ms/1k", ""),
     ("nginx_cpu_ms_per_1k", "nginx ms/1k", ".1f"),
+    ("sleeps", "sleeps/req", ""),
     ("path_cores", "path cores", ".2f"),
     ("loadgen_cores", "loadgen cores", ".2f"),
     ("box_busy", "box busy", ".0%"),

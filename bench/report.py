@@ -49,7 +49,7 @@ LADDER_COLUMNS = [
     ("rung", "rung", ""), ("rps", "req/s", ".0f"), ("rps_spread_pct", "±% (rounds)", ".0f"),
     ("p50_ms", "p50 ms", ".3f"), ("p90_ms", "p90 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"), ("errors", "errors", "d"),
     ("path_cpu_ms_per_1k", "proxies CPU ms/1k req", ".1f"), ("proxies_cpu", "per proxy", ""),
-    ("nginx_cpu_ms_per_1k", "nginx ms/1k", ".1f"), ("box_busy", "box busy", ".0%"), ("foreign_cores", "other procs cores", ".2f"),
+    ("nginx_cpu_ms_per_1k", "nginx ms/1k", ".1f"), ("sleeps", "sleeps/req", ""), ("box_busy", "box busy", ".0%"), ("foreign_cores", "other procs cores", ".2f"),
     ("path_rss_mb", "RSS MB", ""),
 ]
 
@@ -64,7 +64,9 @@ def ladder_md(d: dict[str, Any]) -> list[str]:
         f"1/rate apart), max-rate runs {a['max_seconds']:g} s (wrk -t1). 1 KB responses from nginx (1 worker); every Envoy "
         "`--concurrency 1`. Values are means over rounds. CPU = utime+stime from /proc over the measured window ÷ requests "
         "(ms per 1000 requests = milli-vCPU-s per 1000 requests); \"box busy\" = both cores, every process; \"other procs\" = "
-        "cores used by processes outside the benchmark (a run where they took over 0.25 cores is repeated, up to 3 times). "
+        "cores used by processes outside the benchmark (a run where they took over 0.25 cores is repeated, up to 3 times); "
+        "\"sleeps/req\" = voluntary context switches of each process's threads per request (each one a wait for the next "
+        "event, so a wake-up: at a fixed low rate every request wakes each process several times). "
         "`1000 routes+rules` is the worst case: the load matches the last of 1000 routes and the last of 1000 rules.",
         "",
     ]
