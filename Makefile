@@ -30,10 +30,10 @@ test: $(STAMP)
 golden: $(STAMP)
 	WAYPOST_UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/golden tests/unit/test_cli_golden.py tests/analyze
 
-# Benchmarks (not part of `make test`; ~15 min on 2 cores): the data-path ladder, control-plane scale and
-# convergence, each printing its tables (kept in bench/results/*.txt and *.json), then the targets and
+# Benchmarks (not part of `make test`; ~15 min on 2 cores): the data-path ladder, the per-feature cost of the
+# full path, control-plane scale and convergence, each printing its tables (kept in bench/results/*.txt and *.json), then the targets and
 # bench/RESULTS.md. Installs wrk, h2load and nginx from Debian when missing (root).
-BENCH_SCENARIOS ?= ladder scale convergence
+BENCH_SCENARIOS ?= ladder features scale convergence
 bench: $(STAMP)
 	@mkdir -p bench/results; start=$$(date +%s); failed=""; \
 	for s in $(BENCH_SCENARIOS); do \

@@ -153,13 +153,29 @@ def convergence_md(d: dict[str, Any]) -> list[str]:
     return out
 
 
+def features_md(d: dict[str, Any]) -> list[str]:
+    a = d["args"]
+    return [
+        "## 1b. Per-feature cost of the full path (`bench/features.py`)", "",
+        f"The ladder's full path (one ALLOW policy, Istio's metrics, no access log) and variants of it, each changed in one "
+        f"respect with the manifests a user would write, each behind its own waypoint in one mesh; wrk -c16 at the maximum "
+        f"rate, {a['rounds']} rounds of {a['seconds']:g} s alternating the order; CPU per request from /proc; Δ against `full` "
+        "in the same run. `plaintext upstream` = the Service's backend is outside the mesh, so the waypoint's second HBONE leg "
+        "and the destination ztunnel drop out.", "",
+        md_table(d["summary"], [("variant", "variant", ""), ("rps", "req/s", ".0f"), ("rps_of_full", "÷ full", ".0%"),
+                                ("p50_ms", "p50 ms", ".3f"), ("waypoint_us", "waypoint µs/req", ".1f"), ("ztunnel_us", "ztunnel µs/req", ".1f"),
+                                ("path_us", "path µs/req", ".1f"), ("d_waypoint_us", "Δ waypoint µs", "+.1f"), ("d_path_us", "Δ path µs", "+.1f")]),
+        "",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--started", type=float, help="epoch seconds when the run started (for its duration)")
     parser.add_argument("--command", default="make bench")
     args = parser.parse_args()
-    parts = {name: load(name) for name in ("ladder", "scale", "convergence")}
-    targets = [t for d in parts.values() if d for t in d["targets"]]
+    parts = {name: load(name) for name in ("ladder", "features", "scale", "convergence")}
+    targets = [t for d in parts.values() if d for t in d.get("targets", [])]
     print("Targets (all scenarios):")
     print_targets(targets)
     m = machine()
@@ -181,6 +197,8 @@ def main() -> int:
     ]
     if parts["ladder"]:
         lines += ladder_md(parts["ladder"])
+    if parts["features"]:
+        lines += features_md(parts["features"])
     if parts["scale"]:
         lines += scale_md(parts["scale"])
     if parts["convergence"]:
