@@ -30,21 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from common import CpuMeter, HERE, ensure_tools, mean, mesh_up, start_nginx, stop_process, table, wait_quiet, workdir, write_results, wrk
-from ladder import ACCESS_LOG, ALLOW_LOADGEN, BASE, NS, WAYPOINT_SERVICE, http_get
+from ladder import ALLOW_LOADGEN, BASE, NS, WAYPOINT_SERVICE, access_log, http_get, telemetry
 
 OUTSIDE = "127.0.0.2"  # the out-of-mesh backend's address (nginx listens there too)
 
-TELEMETRY = """\
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {{name: metrics-{service}, namespace: {ns}}}
-spec:
-  targetRefs: [{{group: "", kind: Service, name: {service}}}]
-  metrics:
-  - providers: [{{name: prometheus}}]
-    overrides:
-{overrides}
-"""
+
+def metrics_off(service: str, *metrics: str) -> str:
+    """A Telemetry that disables these metrics (Istio's names, or ALL_METRICS) for `service`."""
+    overrides = "".join(f"    - {{match: {{metric: {m}}}, disabled: true}}\n" for m in metrics)
+    return telemetry(f"metrics-{service}", service, NS, f"  metrics:\n  - providers: [{{name: prometheus}}]\n    overrides:\n{overrides}")
+
 
 OUTSIDE_BACKEND = f"""\
 apiVersion: networking.istio.io/v1
@@ -56,16 +51,13 @@ spec: {{address: {OUTSIDE}, labels: {{app: outside, istio.io/dataplane-mode: non
 # variant → (label, Service, backend app label, policy?, extra documents)
 VARIANTS: dict[str, tuple[str, str, str, bool, list[str]]] = {
     "full": ("full (policy + metrics)", "f-full", "backend", True, []),
-    "log": ("+ access log", "f-log", "backend", True, [ACCESS_LOG.format(service="f-log", ns=NS)]),
-    "nometrics": ("- metrics", "f-nometrics", "backend", True,
-                  [TELEMETRY.format(service="f-nometrics", ns=NS, overrides="    - {match: {metric: ALL_METRICS}, disabled: true}")]),
-    "counter": ("counter only", "f-counter", "backend", True,
-                [TELEMETRY.format(service="f-counter", ns=NS, overrides="".join(
-                    f"    - {{match: {{metric: {m}}}, disabled: true}}\n" for m in ("REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")).rstrip("\n"))]),
+    "log": ("+ access log", "f-log", "backend", True, [access_log("f-log", NS)]),
+    "nometrics": ("- metrics", "f-nometrics", "backend", True, [metrics_off("f-nometrics", "ALL_METRICS")]),
+    "counter": ("counter only", "f-counter", "backend", True, [metrics_off("f-counter", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")]),
     "nopolicy": ("- policy", "f-nopolicy", "backend", False, []),
     "plain": ("plaintext upstream", "f-plain", "outside", True, []),
     "floor": ("floor (- metrics - policy, plaintext upstream)", "f-floor", "outside", False,
-              [TELEMETRY.format(service="f-floor", ns=NS, overrides="    - {match: {metric: ALL_METRICS}, disabled: true}")]),
+              [metrics_off("f-floor", "ALL_METRICS")]),
 }
 
 

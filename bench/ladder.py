@@ -121,14 +121,15 @@ spec:
 """
 
 
-ACCESS_LOG = """\
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
-metadata: {{name: log-{service}, namespace: {ns}}}
-spec:
-  targetRefs: [{{group: "", kind: Service, name: {service}}}]
-  accessLogging: [{{providers: [{{name: envoy}}]}}]
-"""
+def telemetry(name: str, service: str, ns: str, body: str) -> str:
+    """A Telemetry resource for one Service; `body` is the rest of its spec (YAML, two-space indented)."""
+    return (f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n"
+            f"  targetRefs: [{{group: \"\", kind: Service, name: {service}}}]\n{body}")
+
+
+def access_log(service: str, ns: str) -> str:
+    """Turns the access log on for `service` (Istio's built-in provider `envoy`)."""
+    return telemetry(f"log-{service}", service, ns, "  accessLogging: [{providers: [{name: envoy}]}]\n")
 
 
 def heavy_service(service: str, waypoint: str, routes: bool, rules: bool) -> list[str]:
@@ -165,7 +166,7 @@ def manifests() -> str:
     docs.append(ALLOW_LOADGEN.format(name="allow-loadgen", service="l7p", ns=NS))
     docs.append(WAYPOINT_SERVICE.format(waypoint="waypoint-logged", service="l7log", ns=NS))
     docs.append(ALLOW_LOADGEN.format(name="allow-loadgen-logged", service="l7log", ns=NS))
-    docs.append(ACCESS_LOG.format(service="l7log", ns=NS))
+    docs.append(access_log("l7log", NS))
     docs += heavy_service("heavy", "waypoint-heavy", routes=True, rules=True)
     docs += heavy_service("routes", "waypoint-routes", routes=True, rules=False)
     docs += heavy_service("rules", "waypoint-rules", routes=False, rules=True)
