@@ -206,6 +206,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
     samples: dict[str, list[float]] = {"apply→ACK": [], "apply→answer": [], "apply→observed": [], "cli→answer": [], "cli→observed": [], "file write→observed": [],
                                        "policy apply→ACK": []}
     server: dict[str, list[float]] = {"compute": [], "rollout": [], "rollout push": [], "rollout ack": [], "commit": [], "total": []}
+    policy_server: dict[str, list[float]] = {k: [] for k in server}  # the same, for the policy edits
     updated: list[list[str]] = []
     print(f"mesh of {services} Services: {changes} applies, {cli_changes} CLI applies, {file_changes} file edits, {bulk_routes} routes at once", flush=True)
     box = BoxMeter()
@@ -267,6 +268,8 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
                 if not answer.get("ok"):
                     raise SystemExit(f"policy apply failed: {answer}")
                 samples["policy apply→ACK"].append(ack_ms(time.perf_counter() - t0, answer))
+                for k in policy_server:
+                    policy_server[k].append(answer["timings_ms"].get(k, float("nan")))
             rss_after_changes = rss_mb(mesh.control_plane_pid)
             # 3. many routes at once.
             bulk = work / "bulk.yaml"
@@ -288,6 +291,7 @@ def run(services: int, changes: int, cli_changes: int, file_changes: int, bulk_r
             prober.stop()
     rows = [{"measure": k, **stats(v)} for k, v in samples.items() if v]
     rows += [{"measure": f"inside the supervisor: {k}", **stats(v)} for k, v in server.items() if v]
+    rows += [{"measure": f"policy edit, inside the supervisor: {k}", **stats(v)} for k, v in policy_server.items() if v]
     return {
         "services": services, "up_seconds": mesh.up_seconds, "summary": rows, "samples_ms": samples, "server_timings_ms": server,
         "updated": sorted({p for u in updated for p in u}), "probes": probes, "box_busy": round(box.stop(), 3),

@@ -11,17 +11,18 @@ Limit: `xds-protos` 1.85 lags Envoy 1.40, so a field added in 1.40 fails here wi
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message, message_factory
 
 from waypost.xds import fastparse
-from waypost.xds.types import NAME_FIELD, short_name
+from waypost.xds.types import NAME_FIELD, TYPE_LISTENER, short_name
 
 _log = logging.getLogger("waypost.xds")
 
@@ -116,6 +117,46 @@ def encode_named(type_url: str, name: str, resource: Mapping[str, object]) -> an
         elif inner != name:
             raise EncodeError(type_url, name, f"stored under name {name!r} but its {field} is {inner!r}")
     return _pack(msg)
+
+
+TYPE_FILTER_CHAIN = "type.googleapis.com/envoy.config.listener.v3.FilterChain"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def encode_chain(listener: str, chain: Mapping[str, object]) -> bytes:
+    """One filter chain as it appears inside an encoded Listener: the field's tag and length, then the
+    FilterChain message (protobuf's wire format lets a repeated message field's items be written one by one,
+    anywhere in the message)."""
+    try:
+        body = _parse(TYPE_FILTER_CHAIN, str(chain.get("name", "")), chain).SerializeToString(deterministic=True)
+    except EncodeError as exc:
+        raise EncodeError(TYPE_LISTENER, listener, f"filter chain {exc.name!r}: {exc.message}") from None
+    return _chains_tag() + _varint(len(body)) + body
+
+
+@functools.cache
+def _chains_tag() -> bytes:
+    """The tag of Listener.filter_chains (field number from the schema, wire type 2: length-delimited)."""
+    return _varint(message_class(TYPE_LISTENER).DESCRIPTOR.fields_by_name["filter_chains"].number << 3 | 2)
+
+
+def encode_listener(name: str, rest: Mapping[str, object], chains: Iterable[bytes]) -> any_pb2.Any:
+    """A Listener from its fields other than `filter_chains` (a dict) and its chains already encoded
+    (`encode_chain`, or the same bytes cut from an earlier encoding). Parses back to the message that
+    `encode_named` makes of the whole dict."""
+    head = encode_named(TYPE_LISTENER, name, rest)
+    return any_pb2.Any(type_url=head.type_url, value=head.value + b"".join(chains))
 
 
 def encode_resource(type_url: str, resource: dict) -> any_pb2.Any:

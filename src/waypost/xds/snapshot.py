@@ -4,18 +4,50 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
-def resource_digest(resource: Mapping[str, object]) -> str:
-    """sha256 of the resource's canonical JSON (sorted keys, no whitespace).
+CHAINS = "filter_chains"
 
-    Raises TypeError when the dict holds something JSON cannot represent; such a dict could not be a
+
+def content_digest(value: object) -> bytes:
+    """sha256 of a value's canonical JSON (sorted keys, no whitespace), raw.
+
+    Raises TypeError when the value holds something JSON cannot represent; such a dict could not be a
     valid Envoy resource either.
     """
-    canonical = json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def chain_parts(resource: object) -> tuple[dict, Sequence[Mapping[str, object]]] | None:
+    """(the resource without its filter chains, the chains) for a listener that has chains, else None.
+
+    A listener's digest and encoding are built from these parts, so that a change to one of a waypoint's
+    thousands of chains re-hashes and re-encodes that chain, not megabytes of the others."""
+    chains = resource.get(CHAINS) if isinstance(resource, Mapping) else None
+    if not isinstance(chains, (list, tuple)) or not chains:
+        return None
+    return {k: v for k, v in resource.items() if k != CHAINS}, chains
+
+
+def listener_digest(rest_digest: bytes, chain_digests: Iterable[bytes]) -> str:
+    """The digest of a listener from the digest of its other fields and those of its chains, in order."""
+    h = hashlib.sha256(b"listener\0" + rest_digest)
+    for digest in chain_digests:
+        h.update(digest)
+    return h.hexdigest()
+
+
+def resource_digest(resource: Mapping[str, object]) -> str:
+    """A content hash of the resource: sha256 of its canonical JSON, or for a listener with filter chains, of
+    its other fields' and each chain's (`listener_digest`). Raises TypeError as `content_digest`."""
+    parts = chain_parts(resource)
+    if parts is None:
+        return content_digest(resource).hex()
+    rest, chains = parts
+    return listener_digest(content_digest(rest), (content_digest(c) for c in chains))
 
 
 def type_version(digests: Iterable[tuple[str, str]]) -> str:
