@@ -1,7 +1,7 @@
 """A server that answers and closes at once (HTTP/1.0 without Content-Length, a banner then close): the client
 must get the whole answer.
 
-Known bug (bench/RESULTS.md, reading item 10): Envoy 1.40 resets a terminated CONNECT stream whose TCP
+Known bug (bench/RESULTS.md, reading item 11): Envoy 1.40 resets a terminated CONNECT stream whose TCP
 upstream closes first, and the source side's internal listener (`originate` in the ztunnel, `connect_originate`
 in the waypoint) can drop the bytes it still holds when that reset closes it. On the L4 path to a pod the
 answer was lost in every run here; on a TCP port through the waypoint in about 2 runs of 5. Both are xfails,
@@ -74,14 +74,14 @@ def test_http_through_the_waypoint_gets_the_whole_answer(mesh):
 
 
 @pytest.mark.xfail(reason="Envoy 1.40: a CONNECT tunnel whose server closes first is reset, and the waypoint's `connect_originate` "
-                   "internal listener can drop the buffered answer (a race; bench/RESULTS.md, reading item 10)")
+                   "internal listener can drop the buffered answer (a race; bench/RESULTS.md, reading item 11)")
 def test_a_tcp_port_through_the_waypoint_gets_the_whole_answer(mesh):
     r = _fetch(mesh, "tcp-via-waypoint")
     assert r.status == 200 and r.body == BODY
 
 
 @pytest.mark.xfail(reason="Envoy 1.40: a CONNECT tunnel whose server closes first is reset, and the source ztunnel's "
-                   "`originate` internal listener drops the buffered answer (bench/RESULTS.md, reading item 10)")
+                   "`originate` internal listener drops the buffered answer (bench/RESULTS.md, reading item 11)")
 def test_the_l4_path_gets_the_whole_answer(mesh):
     r = _fetch(mesh, "plain")
     assert r.status == 200 and r.body == BODY
