@@ -173,6 +173,11 @@ def _originate_state() -> dict[str, Any]:
     )
 
 
+def _group_name(identity: str, labels: tuple[tuple[str, str], ...]) -> str:
+    """A source group's part of chain and cluster names: ns/sa, workload, and a hash of all its labels."""
+    return f"{sa_key(identity)}|{dict(labels)['workload']}|{hashlib.sha256(repr(labels).encode()).hexdigest()[:8]}"
+
+
 DIRECT_BUDGET = 4096  # address prefixes the direct chains may list in all (source groups × waypoint VIP ranges)
 
 
@@ -203,7 +208,7 @@ def _direct_chains(snapshot: MeshSnapshot, groups: dict[tuple[str, tuple[tuple[s
     for (ident, labels), addresses in sorted(groups.items()):
         values = dict(labels)
         headers = [{"header": {"key": telemetry.source_header(k), "value": values[k]}} for k in telemetry.SOURCE_LABELS]
-        group = f"{sa_key(ident)}|{values['workload']}|{hashlib.sha256(repr(labels).encode()).hexdigest()[:8]}"
+        group = _group_name(ident, labels)
         sources = [c.host_prefix(a) for a in sorted(addresses, key=_ip_key)]
         for waypoint in sorted(ranges, key=lambda w: str(w.ref)):
             out.append(
@@ -257,7 +262,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         return cluster["name"]
 
     for (ident, labels), addresses in sorted(groups.items()):
-        group = f"{sa_key(ident)}|{dict(labels)['workload']}|{hashlib.sha256(repr(labels).encode()).hexdigest()[:8]}"
+        group = _group_name(ident, labels)
         cluster = add_cluster(
             _dispatch_cluster(f"dispatch|{group}", address, DISPATCH_PORT, {TLV_SA: sa_key(ident), **{TLV_LABELS[k]: v for k, v in labels}})
         )
