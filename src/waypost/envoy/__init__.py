@@ -45,10 +45,10 @@ class TranslationCache:
 
 def translate(snapshot: MeshSnapshot) -> dict[str, ProxyConfig]:
     out: dict[str, ProxyConfig] = {}
-    for index, node in enumerate(snapshot.nodes):
+    for node in snapshot.nodes:
         r = ztunnel_config.translate(snapshot, node)
         pid = ztunnel_config.proxy_id(node)
-        out[pid] = ProxyConfig(pid, "ztunnel", snapshot.plan.ztunnel(index), tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), tuple(r["secrets"]))
+        out[pid] = ProxyConfig(pid, "ztunnel", snapshot.ztunnel_address(node), tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), tuple(r["secrets"]))
     for wp in snapshot.waypoints:
         out[wp.proxy_id] = _waypoint(snapshot, wp, waypoint_config.translate(snapshot, wp), None, {})
     return dict(sorted(out.items()))
@@ -86,9 +86,9 @@ def translate_incremental(snapshot: MeshSnapshot, cache: TranslationCache | None
     diff = Diff(cache.snapshot, snapshot)
     out: dict[str, ProxyConfig] = {}
     ztunnel_reads: dict[str, tuple[tuple, tuple]] = {}
-    for index, node in enumerate(snapshot.nodes):
+    for node in snapshot.nodes:
         pid = ztunnel_config.proxy_id(node)
-        address = snapshot.plan.ztunnel(index)
+        address = snapshot.ztunnel_address(node)
         args = (node, address)
         previous = cache.ztunnel_reads.get(pid)
         if previous is not None and pid in cache.configs and previous[0] == args and not diff.any_changed(previous[1]):

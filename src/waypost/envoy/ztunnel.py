@@ -234,7 +234,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     which forwards in plaintext (services) or applies the pod's L4 policy (pod IPs).
     """
     local = node_workloads(snapshot, node)
-    address = snapshot.plan.ztunnel(list(snapshot.nodes).index(node))
+    address = snapshot.ztunnel_address(node)
     # Loopback has one capture point: a client connects to the VIP or pod IP itself, and only one process can
     # listen there. So the first node's ztunnel captures the outbound traffic of every enrolled workload, on
     # any node, and tunnels it with the client's identity; each node's ztunnel terminates HBONE for its own

@@ -419,6 +419,7 @@ class MeshSnapshot:
     routes: tuple[ServiceRoutes, ...]
     statuses: tuple[ResourceStatus, ...] = field(default=())
     l4routes: tuple[L4Routes, ...] = field(default=())
+    node_addresses: tuple[tuple[str, str], ...] = field(default=())  # node -> its ztunnel's address, kept across changes
     authorization_policies: tuple = field(default=())  # api AuthorizationPolicy values, sorted by namespace/name
     request_authentications: tuple = field(default=())  # api RequestAuthentication values, sorted
     jwks_documents: tuple[tuple[str, str], ...] = field(default=())  # jwksUri -> fetched JWKS (by the local layer)
@@ -437,6 +438,14 @@ class MeshSnapshot:
     rule_memo: Any = field(default=None, compare=False, repr=False)
     registry_memo: Any = field(default=None, compare=False, repr=False)  # build's workloads and services (build._Registry)
     status_memo: Any = field(default=None, compare=False, repr=False)  # build's policy statuses, by the objects they read
+
+    def ztunnel_address(self, node: str) -> str:
+        """The address of `node`'s ztunnel: the one `build` allocated (stable while the node exists), else the
+        plan's address for the node's position."""
+        for name, address in self.node_addresses:
+            if name == node:
+                return address
+        return self.plan.ztunnel(list(self.nodes).index(node))
 
     # Lookups by key. The snapshot is immutable, so each index is built once, on first use, and kept on the
     # instance (cached_property writes the instance dict, which a frozen dataclass allows); they are not
