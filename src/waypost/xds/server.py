@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-from array import array
 import queue
 import threading
 import weakref
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
