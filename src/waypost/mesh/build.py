@@ -165,22 +165,16 @@ class _Registry:
     services: dict[str, Service]
     statuses: list[ResourceStatus]
     service_labels: dict[str, dict[str, str]]
+    nodes: tuple[str, ...]  # the default node first (it has the outbound capture), then the others pods name, sorted
+    node_addresses: dict[str, str]  # node -> its ztunnel's address
 
     def same_inputs(self, inputs: tuple, previous: Mapping[str, str], plan: AddressPlan) -> bool:
-        own = _registry_part(previous)
         return (
             self.plan == plan
             and len(self.inputs) == len(inputs)
             and all(len(a) == len(b) and all(x is y for x, y in zip(a, b)) for a, b in zip(self.inputs, inputs))
-            and (own == self.assigned or own == self.previous)  # either way every address stays
+            and (previous == self.assigned or previous == self.previous)  # either way every address stays
         )
-
-
-def _registry_part(previous: Mapping[str, str]) -> Mapping[str, str]:
-    """The address assignments the registry makes: not the nodes' (allocated after it, from its workloads)."""
-    if not any(k.startswith("node/") for k in previous):
-        return previous
-    return {k: v for k, v in previous.items() if not k.startswith("node/")}
 
 
 REGISTRY_KINDS = (Namespace, GatewayClass, Gateway, Pod, Deployment, WorkloadEntry, WorkloadGroup, ServiceResource, ServiceEntry)
@@ -346,10 +340,16 @@ def _registry(of: Callable[[type], list], plan: AddressPlan, previous: Mapping[s
         **{f"{s.namespace}/{s.name}": dict(s.labels) for s in service_resources},
         **{entry_host_key(e.namespace, e.name, e.spec.hosts, i): dict(e.labels) for e in entries for i in range(len(e.spec.hosts))},
     }
+    # Each node's ztunnel keeps its address while the node exists (a node added later takes a free one), so
+    # adding a node does not move the others' ztunnels. The default node's is the plan's first.
+    other_nodes = sorted({w.node for w in workloads} - {DEFAULT_NODE})
+    node_addresses = {DEFAULT_NODE: plan.ztunnel(0), **_allocate(other_nodes, previous, lambda i: plan.ztunnel(i + 1), "node")}
     assigned = {f"pod/{w.key}": w.address for w in workloads if w.kind == "Pod"}
     assigned.update({f"svc/{s.key}": s.vip for s in services.values()})
     assigned.update({f"waypoint/{w.ref}": w.address for w in waypoints.values()})
-    return _Registry(inputs, dict(_registry_part(previous)), assigned, plan, namespace_labels, waypoint_gateways, waypoints, workloads, services, statuses, service_labels)
+    assigned.update({f"node/{n}": node_addresses[n] for n in other_nodes})
+    return _Registry(inputs, dict(previous), assigned, plan, namespace_labels, waypoint_gateways, waypoints, workloads, services, statuses,
+                     service_labels, (DEFAULT_NODE, *other_nodes), node_addresses)
 
 
 def build(
@@ -432,15 +432,10 @@ def build(
         before = getattr(reuse, field) if reuse is not None else None
         return before if before is not None and _same(before, values) else values
 
-    # Each node's ztunnel keeps its address while the node exists (a node added later takes a free one), so
-    # adding a node does not move the others' ztunnels. The default node's is the plan's first.
-    other_nodes = sorted({w.node for w in workloads} - {DEFAULT_NODE})
-    node_addresses = {DEFAULT_NODE: plan.ztunnel(0), **_allocate(other_nodes, previous, lambda i: plan.ztunnel(i + 1), "node")}
     snapshot = MeshSnapshot(
         plan=plan,
-        # The default node first (it has the outbound capture), then the others pods name, sorted.
-        nodes=(DEFAULT_NODE, *other_nodes),
-        node_addresses=tuple(sorted(node_addresses.items())),
+        nodes=reg.nodes,
+        node_addresses=tuple(sorted(reg.node_addresses.items())),
         workloads=kept("workloads", workloads),
         services=kept("services", services.values()),
         waypoints=kept("waypoints", waypoints.values()),

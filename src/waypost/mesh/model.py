@@ -440,12 +440,8 @@ class MeshSnapshot:
     status_memo: Any = field(default=None, compare=False, repr=False)  # build's policy statuses, by the objects they read
 
     def ztunnel_address(self, node: str) -> str:
-        """The address of `node`'s ztunnel: the one `build` allocated (stable while the node exists), else the
-        plan's address for the node's position."""
-        for name, address in self.node_addresses:
-            if name == node:
-                return address
-        return self.plan.ztunnel(list(self.nodes).index(node))
+        """The address `build` allocated to `node`'s ztunnel (stable while the node exists)."""
+        return next(address for name, address in self.node_addresses if name == node)
 
     # Lookups by key. The snapshot is immutable, so each index is built once, on first use, and kept on the
     # instance (cached_property writes the instance dict, which a frozen dataclass allows); they are not
