@@ -214,12 +214,11 @@ class XdsServer:
         layouts: dict[str, _Layout] = {}
         for name in sorted(named):
             resource = named[name]
-            parts = chain_parts(resource) if type_url == TYPE_LISTENER else None
             if before is not None and before.resources.get(name) is resource:
                 digest, packed[name] = before.digests[name], before.packed[name]
                 if name in before.layouts:
                     layouts[name] = before.layouts[name]
-            elif parts is not None:
+            elif type_url == TYPE_LISTENER and (parts := chain_parts(resource)) is not None:
                 digest, packed[name], layouts[name] = self._encode_listener(name, parts, before)
             else:
                 try:
@@ -239,24 +238,27 @@ class XdsServer:
         listener, so this is most of what made its push take a third of a second. Not kept in the encoding
         cache: going back to an earlier version re-encodes just the chains that differ."""
         rest, chains = parts
+
+        def digest_of(value: object) -> bytes:
+            try:
+                return content_digest(value)
+            except (TypeError, ValueError) as exc:
+                raise EncodeError(TYPE_LISTENER, name, f"not JSON-representable: {exc}") from exc
+
         previous = before.layouts.get(name) if before is not None else None
         old = before.packed[name].value if previous is not None else b""
         at = {id(chain): i for i, chain in enumerate(previous.chains)} if previous is not None else {}
+        rest_digest = digest_of(rest)
         chain_digests: list[bytes] = []
         pieces: list[bytes] = []
-        try:
-            rest_digest = content_digest(rest)
-            for chain in chains:
-                i = at.get(id(chain))
-                if i is not None and previous.chains[i] is chain:
-                    chain_digests.append(previous.digests[32 * i:32 * i + 32])
-                    pieces.append(old[previous.offsets[i]:previous.offsets[i + 1]])
-                else:
-                    chain_digests.append(content_digest(chain))
-                    pieces.append(b"")  # encoded below, once the whole listener is known to be JSON
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(TYPE_LISTENER, name, f"not JSON-representable: {exc}") from exc
-        pieces = [piece or encode_chain(name, chain) for piece, chain in zip(pieces, chains)]
+        for chain in chains:
+            i = at.get(id(chain))
+            if i is not None and previous.chains[i] is chain:
+                chain_digests.append(previous.digests[32 * i:32 * i + 32])
+                pieces.append(old[previous.offsets[i]:previous.offsets[i + 1]])
+            else:
+                chain_digests.append(digest_of(chain))
+                pieces.append(encode_chain(name, chain))
         packed = encode_listener(name, rest, pieces)
         offsets = array("I", [len(packed.value) - sum(len(p) for p in pieces)])
         for piece in pieces:
