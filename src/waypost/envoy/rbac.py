@@ -177,7 +177,8 @@ def _path_permission(value: str) -> dict[str, Any]:
     # checked on the `:path` header: `url_path` is `:path` cut at `?`/`#`, so a `url_path` that starts with
     # (or contains) the literal means a `:path` that does too, and a header compare skips the copy Envoy
     # makes to cut the query (a policy with many path rules costs one compare per rule).
-    if prefilter is None or "?" in next(iter(prefilter.values())) or "#" in next(iter(prefilter.values())):
+    literal = next(iter(prefilter.values())) if prefilter is not None else ""
+    if not literal or "?" in literal or "#" in literal:
         return exact
     return {"and_rules": {"rules": [{"header": {"name": ":path", "string_match": prefilter}}, exact]}}
 

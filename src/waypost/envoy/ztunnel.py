@@ -178,6 +178,11 @@ def _group_name(identity: str, labels: tuple[tuple[str, str], ...]) -> str:
     return f"{sa_key(identity)}|{dict(labels)['workload']}|{hashlib.sha256(repr(labels).encode()).hexdigest()[:8]}"
 
 
+def _source_ranges(members: list[Workload]) -> list[dict[str, Any]]:
+    """A source group's addresses as filter-chain source ranges, in address order."""
+    return [c.host_prefix(a) for a in sorted((w.address for w in members), key=_ip_key)]
+
+
 DIRECT_BUDGET = 4096  # address prefixes the direct chains may list in all (source groups × waypoint VIP ranges)
 
 
@@ -188,7 +193,7 @@ def _vip_ranges(vips: list[str]) -> list[dict[str, Any]]:
     return [{"address_prefix": str(n.network_address), "prefix_len": n.prefixlen} for n in nets]
 
 
-def _direct_chains(snapshot: MeshSnapshot, groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]]) -> list[dict[str, Any]]:
+def _direct_chains(snapshot: MeshSnapshot, groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Workload]]) -> list[dict[str, Any]]:
     """Single-stage outbound for small meshes: one chain per source group × waypoint, matching that group's
     addresses and the VIPs of the Services bound to the waypoint, tunnels straight to the waypoint with the
     group's identity and labels, as its dispatch chain would after the PROXY hop (same cluster, same CONNECT
@@ -205,11 +210,10 @@ def _direct_chains(snapshot: MeshSnapshot, groups: dict[tuple[str, tuple[tuple[s
     if not ranges or len(groups) * sum(len(r) for r in ranges.values()) > DIRECT_BUDGET:
         return []
     out = []
-    for (ident, labels), addresses in sorted(groups.items()):
-        values = dict(labels)
-        headers = [{"header": {"key": telemetry.source_header(k), "value": values[k]}} for k in telemetry.SOURCE_LABELS]
+    for (ident, labels), members in sorted(groups.items()):
+        headers = telemetry.source_headers(members[0])  # the group's members share these labels
         group = _group_name(ident, labels)
-        sources = [c.host_prefix(a) for a in sorted(addresses, key=_ip_key)]
+        sources = _source_ranges(members)
         for waypoint in sorted(ranges, key=lambda w: str(w.ref)):
             out.append(
                 {
@@ -244,9 +248,9 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
     identities = sorted({w.identity for w in clients})
     # Source chains group clients by identity *and* workload labels, so the CONNECT can carry the
     # source workload's labels for the waypoint's metrics (one group per Deployment in practice).
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Workload]] = {}
     for w in clients:
-        groups.setdefault((w.identity, tuple(sorted(telemetry.workload_labels(w).items()))), []).append(w.address)
+        groups.setdefault((w.identity, tuple(sorted(telemetry.workload_labels(w).items()))), []).append(w)
 
     clusters: dict[str, dict[str, Any]] = {}
     listeners: list[dict[str, Any]] = []
@@ -261,7 +265,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         clusters.setdefault(cluster["name"], cluster)
         return cluster["name"]
 
-    for (ident, labels), addresses in sorted(groups.items()):
+    for (ident, labels), members in sorted(groups.items()):
         group = _group_name(ident, labels)
         cluster = add_cluster(
             _dispatch_cluster(f"dispatch|{group}", address, DISPATCH_PORT, {TLV_SA: sa_key(ident), **{TLV_LABELS[k]: v for k, v in labels}})
@@ -269,7 +273,7 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
         source_chains.append(
             {
                 "name": f"out|{group}",
-                "filter_chain_match": {"source_prefix_ranges": [c.host_prefix(a) for a in sorted(addresses, key=_ip_key)]},
+                "filter_chain_match": {"source_prefix_ranges": _source_ranges(members)},
                 "filters": [c.tcp_proxy(f"out_{sa_key(ident)}", cluster)],
             }
         )
@@ -390,11 +394,6 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
             # The destination ztunnel enforces selector and namespace policies (L4 only, §4.4), both for
             # HBONE (the peer identity from mTLS) and for plaintext from outside the mesh (no identity).
             authz_filters = rbac.ztunnel_filters(pod_policies, f"{pod.name}.")
-            literals = telemetry.destination_literals(pod)
-            literal_key = tuple(sorted(literals.items()))
-            inbound_log = inbound_logs.get(literal_key)
-            if inbound_log is None:  # the pods of one Deployment log with the same labels: one logger list
-                inbound_log = inbound_logs[literal_key] = telemetry.tcp_access_log("destination", None, literals, mesh=snapshot.mesh_config)
             if capture:  # plaintext from outside the mesh arrives where the capture is
                 plain_chains.append(
                     {
@@ -407,6 +406,11 @@ def translate(snapshot: MeshSnapshot, node: str) -> dict[str, list[dict[str, Any
                     }
                 )
             if is_local:
+                literals = telemetry.destination_literals(pod)
+                literal_key = tuple(sorted(literals.items()))
+                inbound_log = inbound_logs.get(literal_key)
+                if inbound_log is None:  # the pods of one Deployment log with the same labels: one logger list
+                    inbound_log = inbound_logs[literal_key] = telemetry.tcp_access_log("destination", None, literals, mesh=snapshot.mesh_config)
                 internal_chains.append(
                     {
                         "name": f"inbound|{pod.address}:{port}",
