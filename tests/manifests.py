@@ -16,9 +16,10 @@ def waypoint(namespace: str, name: str = "waypoint", labels: str = "") -> str:
     )
 
 
-def client(namespace: str, name: str = "client", *, image: str = "curl", service_account: str | None = None) -> str:
-    """A client-only workload (not an echo image): an address and an identity, no server."""
+def client(namespace: str, name: str = "client", *, image: str = "curl", service_account: str | None = None, node: str | None = None) -> str:
+    """A client-only workload (not an echo image): an address and an identity, no server; `node`: its spec.nodeName."""
     sa = f"serviceAccountName: {service_account}, " if service_account else ""
+    sa += f"nodeName: {node}, " if node else ""
     return (
         f"\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
         f"spec:\n  selector: {{matchLabels: {{app: {name}}}}}\n"
@@ -31,14 +32,15 @@ def ambient_with_waypoint(namespace: str, *, namespace_uses_waypoint: bool = Tru
     return ambient_namespace(namespace, "waypoint" if namespace_uses_waypoint else None) + waypoint(namespace) + client(namespace)
 
 
-def echo_service(namespace: str, service: str = "svc", app: str = "backend") -> str:
-    """A Service on port 80 (named http) in front of one echo Deployment listening on 8080."""
+def echo_service(namespace: str, service: str = "svc", app: str = "backend", *, node: str | None = None) -> str:
+    """A Service on port 80 (named http) in front of one echo Deployment listening on 8080 (on `node`, if given)."""
+    placed = f"nodeName: {node}, " if node else ""
     return (
         f"\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: {service}, namespace: {namespace}}}\n"
         f"spec: {{selector: {{app: {app}}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n"
         f"---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {app}, namespace: {namespace}}}\n"
         f"spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n"
-        f"  template: {{metadata: {{labels: {{app: {app}}}}}, spec: {{containers: [{{name: c, image: waypost/echo, ports: [{{containerPort: 8080}}]}}]}}}}\n"
+        f"  template: {{metadata: {{labels: {{app: {app}}}}}, spec: {{{placed}containers: [{{name: c, image: waypost/echo, ports: [{{containerPort: 8080}}]}}]}}}}\n"
     )
 
 

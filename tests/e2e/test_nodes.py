@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from waypost.local.client import RequestError
 
-from tests.manifests import ambient_namespace, client, waypoint
+from tests.manifests import ambient_namespace, client, echo_service, waypoint
 
 pytestmark = pytest.mark.e2e
 
@@ -23,26 +23,8 @@ MESH = (
     ambient_namespace("nodes")
     + waypoint("nodes")
     + client("nodes", service_account="client")
+    + echo_service("nodes", "far", app="far", node="node-1")
     + """
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: far, namespace: nodes}
-spec:
-  selector: {matchLabels: {app: far}}
-  template:
-    metadata: {labels: {app: far}}
-    spec:
-      nodeName: node-1
-      serviceAccountName: far
-      containers: [{name: echo, image: registry.k8s.io/gateway-api/echo-basic:v1.0.0, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: far, namespace: nodes}
-spec:
-  selector: {app: far}
-  ports: [{name: http, port: 80, targetPort: 8080}]
 ---
 apiVersion: v1
 kind: Service

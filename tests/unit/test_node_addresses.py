@@ -7,26 +7,11 @@ from waypost.envoy import translate
 from waypost.mesh.addresses import AddressPlan
 from waypost.mesh.build import address_assignments, build
 
-from tests.manifests import ambient_namespace
+from tests.manifests import ambient_namespace, client
 
 
 def pods_on(*nodes: str) -> str:
-    return ambient_namespace("n") + "".join(
-        f"""
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: on-{node}, namespace: n}}
-spec:
-  selector: {{matchLabels: {{app: on-{node}}}}}
-  template:
-    metadata: {{labels: {{app: on-{node}}}}}
-    spec:
-      nodeName: {node}
-      containers: [{{name: c, image: curl}}]
-"""
-        for node in nodes
-    )
+    return ambient_namespace("n") + "".join(client("n", f"on-{node}", node=node) for node in nodes)
 
 
 def snapshot(text: str, previous=None):
