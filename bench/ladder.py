@@ -359,7 +359,7 @@ def main() -> int:
             sequential: list[dict[str, Any]] = []
             for rnd in range(1, args.rounds + 1):
                 order = list(RUNGS) if rnd % 2 else list(reversed(RUNGS))
-                for rung in [r for r in order if r in SEQUENTIAL_RUNGS]:
+                for rung in [r for r in order if r in SEQUENTIAL_RUNGS and args.sequential > 0]:  # 0: skip
                     sequential.append({"round": rnd, "rung": rung, **sequential_latency(urls[rung], args.sequential)})
                     print(f"  round {rnd}  sequential client   {RUNGS[rung][0]:<28} p50 {sequential[-1]['p50_ms']:.3f} ms", flush=True)
                 for profile in profiles(args):
