@@ -110,6 +110,16 @@ rules:
 - to: [{operation: {notPaths: ['/secret*'], methods: [PUT]}}]
 """
 
+TREE_RULES = """
+rules:
+- from: [{source: {principals: [cluster.local/ns/t1/sa/client]}}]
+  to: [{operation: {methods: [GET], paths: ['*.html']}}]
+- from: [{source: {principals: [cluster.local/ns/t1/sa/intruder, cluster.local/ns/t1/sa/client]}}]
+  to: [{operation: {paths: ['/api/*']}}]
+- from: [{source: {namespaces: [t1]}}]
+  to: [{operation: {paths: [/public]}}]
+"""
+
 
 def request_authentication(ns: str) -> str:
     return (
@@ -141,6 +151,10 @@ MAIN = (
     + tenant("c23", tcp=True) + policy("svc", f"{SERVICE}\nrules: [{{from: [{{source: {{principals: ['{client('c23')}']}}}}]}}]", ns="c23")
     + policy("pod", allow_from(wp("c23")), ns="c23")
     + tenant("c24", tcp=True) + policy("svc", f"{SERVICE}\nrules: [{{from: [{{source: {{principals: [cluster.local/ns/something/sa/else]}}}}]}}]", ns="c24")
+    # Rules that name their callers: the waypoint's RBAC filters are match trees keyed on the caller
+    # (envoy.rbac_matcher), with a rule for anyone (namespaces) in every caller's bucket.
+    + tenant("t1") + policy("allow", f"{SERVICE}\n{TREE_RULES}", ns="t1")
+    + policy("deny", f"{SERVICE}\naction: DENY\nrules: [{{from: [{{source: {{principals: ['{client('t1')}']}}}}], to: [{{operation: {{paths: ['/api/secret*']}}}}]}}]", ns="t1")
     + tenant("jwt") + request_authentication("jwt")
     + policy("require", f"{GATEWAY}\nrules:\n- from: [{{source: {{requestPrincipals: ['{ISS1.name}/sub-1']}}}}]\n- to: [{{operation: {{paths: [/healthz]}}}}]\n"
              f"- from: [{{source: {{requestPrincipals: ['*']}}}}]\n  to: [{{operation: {{paths: ['/claims/*']}}}}]\n  when: [{{key: 'request.auth.claims[groups]', values: [admins]}}]", ns="jwt")
@@ -202,6 +216,18 @@ CASES = [
     ("main", "c23/client", "http://svc:9000/", "GET", [], "200"),  # C23: the L4 rule admits the client at the waypoint
     ("main", "c23/intruder", "http://svc:9000/", "GET", [], "reset"),  # the waypoint's TCP RBAC closes
     ("main", "c24/client", "http://svc:9000/", "GET", [], "reset"),  # C24
+    ("main", "t1/client", "http://svc/index.html", "GET", [], "200"),
+    ("main", "t1/client", "http://svc/index.html?x=1", "GET", [], "200"),
+    ("main", "t1/client", "http://svc/a?b.html", "GET", [], "403"),  # url_path: the query does not count
+    ("main", "t1/client", "http://svc/index.html", "POST", [], "403"),
+    ("main", "t1/intruder", "http://svc/index.html", "GET", [], "403"),
+    ("main", "t1/intruder", "http://svc/api/x", "POST", [], "200"),
+    ("main", "t1/client", "http://svc/api/x", "GET", [], "200"),
+    ("main", "t1/client", "http://svc/api/secret/x", "GET", [], "403"),  # the DENY tree, client's bucket
+    ("main", "t1/intruder", "http://svc/api/secret/x", "GET", [], "200"),  # no DENY rule for the intruder
+    ("main", "t1/intruder", "http://svc/public?x", "GET", [], "200"),  # the rule for anyone in t1
+    ("main", "t1/client", "http://svc/public", "GET", [], "200"),
+    ("main", "t1/intruder", "http://svc/private", "GET", [], "403"),
     ("main", "jwt/client", "http://svc/", "GET", [], "403"),
     ("main", "jwt/client", "http://svc/healthz", "GET", [], "200"),
     ("main", "jwt/client", "http://svc/", "GET", bearer(ISS1.token(aud="svc-audience")), "200"),
@@ -277,6 +303,22 @@ def test_cli_check_names_the_deciding_policy_and_send_agrees(meshes):
     out = mesh.cli("x", "authz", "check", "--from", "r2/client", "http://svc/", "--send").stdout
     assert "destination ztunnel" in out and "peer spiffe://cluster.local/ns/r2/sa/waypoint" in out, out
     assert "DENIED: 503" in out and "matches the prediction" in out, out
+    # The match trees name the deciding rule as the rules engine would, in `authz check` and in the access log.
+    out = mesh.cli("x", "authz", "check", "--from", "t1/client", "http://svc/api/secret/x", "--send").stdout
+    assert "ns[t1]-policy[deny]-rule[0]  <- matched" in out and "DENIED: 403" in out and "matches the prediction" in out, out
+    out = mesh.cli("x", "authz", "check", "--from", "t1/intruder", "http://svc/private", "--send").stdout
+    assert "ns[t1]-policy[allow]-rule[1]" in out and "DENIED: 403" in out and "matches the prediction" in out, out
+    t1 = next(p for p in mesh.state["proxies"] if p["name"] == "waypoint~t1~waypoint")
+    deadline = time.monotonic() + 10
+    while True:
+        lines = mesh.cli("logs", t1["name"]).stdout.splitlines()
+        secret = [line for line in lines if '"GET /api/secret/x' in line and " 403 " in line]
+        private = [line for line in lines if '"GET /private' in line]
+        if (secret and private) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert secret and secret[-1].endswith("# denied by AuthorizationPolicy t1/deny, rule 0"), lines
+    assert private and private[-1].endswith("# denied: no ALLOW AuthorizationPolicy rule matched"), lines
     import json
 
     doc = json.loads(mesh.cli("x", "authz", "check", "--from", "r1/intruder", "http://svc/", "-o", "json").stdout)

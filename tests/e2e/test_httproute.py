@@ -33,7 +33,7 @@ spec:
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 """
 
-for svc in ("m", "h", "rd", "rw", "t", "rt", "w", "nb", "mi", "co", "cs", "g", "bad"):
+for svc in ("m", "h", "rd", "rw", "t", "rt", "w", "nb", "mi", "co", "cs", "g", "bad", "many"):
     BASE += f"""
 ---
 apiVersion: v1
@@ -43,6 +43,15 @@ spec:
   selector: {{app: echo}}
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 """
+
+MANY_RULES = [(f"p{i}", f"{{path: {{type: PathPrefix, value: /p{i}}}}}") for i in range(8)] + [
+    ("api", "{path: {type: PathPrefix, value: /api}}"),
+    ("api-v1", "{path: {type: PathPrefix, value: /api/v1}}"),
+    ("api-v1-post", "{path: {type: PathPrefix, value: /api/v1}, method: POST}"),
+    ("exact", "{path: {type: Exact, value: /p1/exact}}"),
+    ("regex", "{path: {type: RegularExpression, value: '/p[0-9]+x'}}"),
+    ("header", "{headers: [{name: x-pick, value: me}]}"),
+]
 
 
 def route(name: str, svc: str, rules: str, ns: str = "r", parent: str | None = None) -> str:
@@ -180,6 +189,12 @@ ROUTES = (
         "  - matches: [{path: {value: /gw}}]\n    backendRefs: [{name: echo-v2, port: 80}]\n",
         parent="{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}",
     )
+    # Enough path rules for the waypoint to route `many` through a prefix match tree (route_matcher).
+    + route("many", "many", "".join(
+        f"  - matches: [{match}]\n    filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-rule, value: '{name}'}}]}}}}]\n"
+        "    backendRefs: [{name: echo-v1, port: 80}]\n"
+        for name, match in MANY_RULES
+    ))
     + route(
         "invalid-regex",
         "bad",
@@ -337,3 +352,31 @@ def test_invalid_regex_is_a_status_condition_and_the_rest_keeps_working(mesh):
     assert "regular expression" in accepted["message"]
     # No valid route of its own: the route attached to the whole waypoint serves the Service.
     assert pod_of(get(mesh, "http://bad/gw")).startswith("echo-v2-")
+
+
+def test_many_path_rules_route_as_the_list_would(mesh):
+    """`many` has 14 rules, so its waypoint looks paths up in a prefix tree; every request still gets the
+    rule Gateway API precedence picks (longest path first, then method and header matches)."""
+    routes = mesh.cli("proxy-config", "route", next(p["name"] for p in mesh.state["proxies"] if p["kind"] == "waypoint"), "-o", "json").stdout
+    assert '"prefix_match_map"' in routes and '"many.r.svc.cluster.local:80"' in routes, routes[:2000]
+    cases = [
+        ("/p3", "GET", [], "p3"),
+        ("/p3/x?y=/p5", "GET", [], "p3"),
+        ("/p1/exact", "GET", [], "exact"),  # Exact outranks the PathPrefix /p1
+        ("/p1/exact/more", "GET", [], "p1"),
+        ("/p12x", "GET", [], "regex"),  # no /p12 segment rule: the tree's /p1 entry must not take it
+        ("/p1x", "GET", [], "regex"),
+        ("/api/v1/items", "POST", [], "api-v1-post"),
+        ("/api/v1/items", "GET", [], "api-v1"),
+        ("/api/v2", "GET", [], "api"),
+        ("/apiv1", "GET", [("x-pick", "me")], "header"),
+        ("/p7", "GET", [("x-pick", "me")], "p7"),  # a path match outranks a header match
+    ]
+    for path, method, headers, rule in cases:
+        got = seen(get(mesh, f"http://many{path}", method=method, headers=headers))["headers"].get("X-Rule")
+        assert got == [rule], (path, method, headers, got)
+    assert get(mesh, "http://many/other").status == 404
+    assert get(mesh, "http://many/p12").status == 404
+    # the prediction reads the tree as Envoy does
+    out = mesh.cli("x", "authz", "check", "--from", "r/client", "http://many/api/v1/x", "--send").stdout
+    assert "ALLOWED" in out and "matches the prediction" in out, out

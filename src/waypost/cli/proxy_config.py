@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from waypost.envoy import route_matcher
+
 from .render import table
 
 KINDS = ("listener", "route", "cluster", "secret", "all")
@@ -76,7 +78,7 @@ def route_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for rc in sorted(items, key=lambda r: r["name"]):
         for vh in rc.get("virtual_hosts", []):
-            for route in vh.get("routes", []):
+            for route in route_matcher.routes_of(vh):
                 match = route.get("match", {})
                 text = next((f"{k}: {v}" for k, v in match.items() if k in ("path", "prefix", "path_separated_prefix", "safe_regex")), "-")
                 if isinstance(match.get("safe_regex"), dict):

@@ -938,7 +938,8 @@ def _patch_http_filters(lis: dict[str, Any], chain: dict[str, Any], hcm: dict[st
 def _rank(f: Mapping[str, Any]) -> int:
     """Where one of waypost's HTTP filters sits in Istio's order; user filters rank nowhere (-1)."""
     name = f.get("name", "")
-    if name == extauthz.HTTP_RBAC and not (f.get("typed_config") or {}).get("rules"):
+    config = f.get("typed_config") or {}
+    if name == extauthz.HTTP_RBAC and not config.get("rules") and not config.get("matcher"):
         return 0
     return _HTTP_FILTER_RANK.get(name, -1)
 

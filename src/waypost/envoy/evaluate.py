@@ -263,7 +263,7 @@ class Attributes:
     @property
     def url_path(self) -> str | None:
         path = header_value(self.headers, ":path")
-        return None if path is None else path.split("?", 1)[0]
+        return None if path is None else re.split("[?#]", path, maxsplit=1)[0]  # PathUtil::removeQueryAndFragment
 
 
 def permission_matches(p: Mapping[str, Any], a: Attributes) -> bool:
@@ -407,12 +407,115 @@ def rbac_engine(rules: Mapping[str, Any], a: Attributes) -> RbacResult:
     return RbacResult(action, names, matched, allowed)
 
 
+# The RBAC match tree (`matcher`): Envoy's RoleBasedAccessControlMatcherEngineImpl. The action reached
+# decides (ALLOW and LOG allow, DENY denies) and its name is the effective policy; none reached denies.
+T_RBAC_ACTION = "type.googleapis.com/envoy.config.rbac.v3.Action"
+NO_POLICY = "none"  # the name waypost gives the decision of "no rule matched" (what Envoy prints for no id)
+
+
+def _tree_input(config: Mapping[str, Any], a: Attributes) -> str | None:
+    """What a match input reads of a request (`xds.type.matcher.v3` inputs waypost writes)."""
+    typed = config.get("typed_config", {})
+    kind = str(typed.get("@type", "")).rsplit(".", 1)[-1]
+    if kind == "FilterStateInput":
+        return a.filter_state.get(typed["key"])
+    if kind == "HttpRequestHeaderMatchInput":
+        return header_value(a.headers, typed["header_name"])
+    if kind == "DestinationPortInput":
+        return str(a.destination_port)
+    raise Unsupported(f"unsupported match input {typed.get('@type')!r}")
+
+
+def tree_predicate(p: Mapping[str, Any], a: Attributes) -> bool:
+    """`xds.type.matcher.v3.Matcher.MatcherList.Predicate` (absent input data: a single predicate is false)."""
+    (kind,) = p.keys() if len(p) == 1 else (_one_of(p, "predicate"),)
+    v = p[kind]
+    if kind == "single_predicate":
+        if "value_match" not in v:
+            raise Unsupported("a custom_match predicate")
+        return string_match(v["value_match"], _tree_input(v["input"], a))
+    if kind == "and_matcher":
+        return all(tree_predicate(q, a) for q in v["predicate"])
+    if kind == "or_matcher":
+        return any(tree_predicate(q, a) for q in v["predicate"])
+    if kind == "not_matcher":
+        return not tree_predicate(v, a)
+    raise Unsupported(f"unsupported predicate {kind!r}")
+
+
+def _tree_on_match(on_match: Mapping[str, Any], a: Attributes) -> Mapping[str, Any]:
+    if "action" in on_match:
+        return on_match["action"].get("typed_config", {})
+    reached = tree_match(on_match["matcher"], a)
+    if reached is None:
+        raise Unsupported("a nested match tree that reaches no action (no on_no_match)")
+    return reached
+
+
+def tree_match(matcher: Mapping[str, Any], a: Attributes) -> Mapping[str, Any] | None:
+    """The action (its typed_config) a match tree reaches for `a`, or None. `prefix_match_map`: the
+    longest key that starts the input (Envoy's prefix map matcher)."""
+    if "matcher_list" in matcher:
+        for field_matcher in matcher["matcher_list"]["matchers"]:
+            if tree_predicate(field_matcher["predicate"], a):
+                return _tree_on_match(field_matcher["on_match"], a)
+    elif "matcher_tree" in matcher:
+        tree = matcher["matcher_tree"]
+        kinds = set(tree) - {"input"}
+        if kinds not in ({"exact_match_map"}, {"prefix_match_map"}):
+            raise Unsupported(f"unsupported match tree {sorted(tree)}")
+        value = _tree_input(tree["input"], a)
+        entries = tree.get("exact_match_map", tree.get("prefix_match_map", {}))["map"]
+        found = None
+        if value is not None and "exact_match_map" in tree:
+            found = entries.get(value)
+        elif value is not None:
+            keys = [k for k in entries if value.startswith(k)]
+            found = entries[max(keys, key=len)] if keys else None
+        if found is not None:
+            return _tree_on_match(found, a)
+    if "on_no_match" in matcher:
+        return _tree_on_match(matcher["on_no_match"], a)
+    return None
+
+
+def _tree_actions(node: Any) -> list[Mapping[str, Any]]:
+    if isinstance(node, list):
+        return [x for item in node for x in _tree_actions(item)]
+    if not isinstance(node, Mapping):
+        return []
+    if node.get("@type") == T_RBAC_ACTION:
+        return [node]
+    return [x for value in node.values() for x in _tree_actions(value)]
+
+
+def rbac_tree_engine(matcher: Mapping[str, Any], a: Attributes) -> RbacResult:
+    """A match tree as the engine result of the rules it stands for: its kind is the action of its named
+    decisions (all alike in a tree waypost writes), `considered` their names."""
+    named = [x for x in _tree_actions(matcher) if x.get("name", "") not in ("", NO_POLICY)]
+    kinds = {x.get("action", "ALLOW") for x in named}
+    if len(kinds) > 1:
+        raise Unsupported(f"an RBAC match tree with both {sorted(kinds)} rules")
+    reached = tree_match(matcher, a)
+    if reached is not None and reached.get("@type") != T_RBAC_ACTION:
+        raise Unsupported(f"unsupported RBAC match action {reached.get('@type')!r}")
+    action = next(iter(kinds)) if kinds else ("DENY" if reached is not None and reached.get("action") == "ALLOW" else "ALLOW")
+    decision = reached.get("action", "ALLOW") if reached is not None else "DENY"
+    name = reached.get("name", "") if reached is not None else ""
+    matched = None if name in ("", NO_POLICY) else name
+    return RbacResult(action, tuple(sorted({x["name"] for x in named})), matched, decision in ("ALLOW", "LOG"))
+
+
 def rbac_filter(config: Mapping[str, Any], a: Attributes) -> tuple[RbacResult | None, RbacResult | None]:
     """(enforced result, shadow result) of an HTTP or network RBAC filter; None where not configured."""
-    extra = set(config) - {"@type", "rules", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix", "stat_prefix"}
+    extra = set(config) - {"@type", "rules", "matcher", "shadow_rules", "rules_stat_prefix", "shadow_rules_stat_prefix", "stat_prefix"}
     if extra:
         raise Unsupported(f"unsupported RBAC filter field(s) {sorted(extra)}")
-    enforced = rbac_engine(config["rules"], a) if "rules" in config else None
+    if "matcher" in config:
+        # Envoy uses the matcher and ignores rules when both are set (filters/common/rbac/utility.h createEngine)
+        enforced: RbacResult | None = rbac_tree_engine(config["matcher"], a)
+    else:
+        enforced = rbac_engine(config["rules"], a) if "rules" in config else None
     shadow = rbac_engine(config["shadow_rules"], a) if "shadow_rules" in config else None
     return enforced, shadow
 
@@ -739,7 +842,16 @@ def select_route(route_config: Mapping[str, Any], headers: Sequence[tuple[str, s
     if best is None:
         return None, f"no virtual host of {route_config.get('name')} serves {host!r}"
     vh = best[1]
-    for route in vh.get("routes", []):
+    routes = vh.get("routes", [])
+    if "matcher" in vh:
+        # The route match tree: its action's routes, tried in order (none: no route; no fall-through).
+        a = Attributes(destination_ip=None, destination_port=0, remote_ip=None, filter_state=filter_state, headers=tuple(headers), http=True)
+        reached = tree_match(vh["matcher"], a)
+        kind = str((reached or {}).get("@type", "")).rsplit(".", 1)[-1]
+        if reached is not None and kind not in ("RouteList", "Route"):
+            raise Unsupported(f"unsupported route match action {reached.get('@type')!r}")
+        routes = [] if reached is None else reached.get("routes", []) if kind == "RouteList" else [reached]
+    for route in routes:
         if _route_matches(route.get("match", {}), headers, path, filter_state):
             return route, f"route {route.get('name', '?')} of {route_config.get('name')}"
     return None, f"no route of {route_config.get('name')} matches"

@@ -22,7 +22,7 @@ from waypost.mesh.build import interned
 from waypost.mesh.tracking import Diff, ReadIndex, Recorder
 
 from . import common as c
-from . import destination, extauthz, extensions, jwt, rbac, routing, telemetry
+from . import destination, extauthz, extensions, jwt, rbac, route_matcher, routing, telemetry
 from waypost.mesh import telemetry as telemetry_api
 from .ztunnel import PLAIN_ORIGINATE
 
@@ -272,16 +272,19 @@ class _Builder:
 HTTP_PORTS = ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN")  # ports with an HTTP chain, hence a route config
 
 
-def _service_routes_section(snapshot: MeshSnapshot, service: Service) -> Section:
+def _service_routes_section(snapshot: MeshSnapshot, service: Service, trees: bool = True) -> Section:
     """The route configs of one served service's HTTP ports and the clusters of the backends they name.
 
     A section of its own, apart from the service's chains (`_service_section`): a route change then
-    translates only this, not the chains with their policies and telemetry."""
+    translates only this, not the chains with their policies and telemetry. With `trees`, a long route
+    list becomes the equivalent match tree (route_matcher)."""
     out = _Builder()
     for sp in service.ports:
         if sp.protocol not in HTTP_PORTS:
             continue
         route_config, backend_clusters = routing.route_configuration(snapshot, service, sp, f"{service.fqdn}:{sp.port}", _proxy_namespace(service))
+        if trees:
+            route_config = {**route_config, "virtual_hosts": [route_matcher.with_matcher(vh) for vh in route_config["virtual_hosts"]]}
         out.routes.append(route_config)
         for backend, port, subset in backend_clusters:
             backend_service = snapshot.service_by_fqdn(backend)
@@ -320,7 +323,7 @@ def _workload_labels(snapshot: MeshSnapshot, endpoint: Endpoint) -> dict[str, st
     return workload.label_map if workload is not None else {}
 
 
-def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service) -> Section:
+def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service, trees: bool = True) -> Section:
     """The chains and their clusters of one served service's ports (its routes: `_service_routes_section`)."""
     out = _Builder()
     add_cluster = out.add_cluster
@@ -330,7 +333,7 @@ def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Servic
     chain_authn = jwt.jwt_filters(list(snapshot.waypoint_chain("authn", waypoint.ref, service.key)), jwks)
     observed = telemetry_api.for_chain(snapshot, waypoint, service)
     custom_http, custom_tcp = extauthz.http_filters(chain_policies, snapshot), extauthz.network_filters(chain_policies, snapshot)
-    rbac_http, rbac_tcp = rbac.http_filters(chain_policies), rbac.network_filters(chain_policies)
+    rbac_http, rbac_tcp = rbac.http_filters(chain_policies, tree=trees), rbac.network_filters(chain_policies)
     out.add_authz_clusters(snapshot, chain_policies)
     for sp in service.ports:
         http_authz, http_late, tcp_authz = _filter_stack(
@@ -461,10 +464,13 @@ def translate_cached(
     parts = []
     reads = memo.reads if memo is not None else None
     stale = reads.stale(diff) if reads is not None and diff is not None else None
+    # RBAC filters and long route lists become equivalent match trees (rbac_matcher, route_matcher), except
+    # where EnvoyFilter patches apply: they see the rules and route lists istiod would write.
+    trees = not any(f.selects_waypoint(waypoint.namespace, waypoint.name, snapshot.root_namespace) for f in snapshot.envoy_filters)
     for service in served_services(snapshot, waypoint):
         # Chains first: where two sections name one cluster, the first wins, as the chains' (ext_authz) did.
-        parts.append(_section(memo, diff, stale, f"service/{service.key}", (waypoint, service), lambda s, service=service: _service_section(s, waypoint, service), snapshot, sections))
-        parts.append(_section(memo, diff, stale, f"routes/{service.key}", (service,), lambda s, service=service: _service_routes_section(s, service), snapshot, sections))
+        parts.append(_section(memo, diff, stale, f"service/{service.key}", (waypoint, service, trees), lambda s, service=service: _service_section(s, waypoint, service, trees), snapshot, sections))
+        parts.append(_section(memo, diff, stale, f"routes/{service.key}", (service, trees), lambda s, service=service: _service_routes_section(s, service, trees), snapshot, sections))
     parts.append(_section(memo, diff, stale, "workloads", (waypoint,), lambda s: _workload_section(s, waypoint), snapshot, sections))
     if diff is not None:
         before = memo.sections if memo is not None and reads is not None else {}
