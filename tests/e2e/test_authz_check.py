@@ -118,6 +118,16 @@ rules:
   to: [{operation: {paths: ['/api/*']}}]
 - from: [{source: {namespaces: [t1]}}]
   to: [{operation: {paths: [/public]}}]
+- from: [{source: {principals: [cluster.local/ns/t1/sa/backend]}}]
+"""
+TREE_DENY_RULES = """
+rules:
+- from: [{source: {principals: [cluster.local/ns/t1/sa/client]}}]
+  to: [{operation: {paths: ['/api/secret*']}}]
+- from: [{source: {principals: [cluster.local/ns/t1/sa/intruder]}}]
+  to: [{operation: {paths: ['/api/admin*']}}]
+- from: [{source: {principals: [cluster.local/ns/t1/sa/other]}}]
+- to: [{operation: {paths: [/blocked]}}]
 """
 
 
@@ -154,7 +164,7 @@ MAIN = (
     # Rules that name their callers: the waypoint's RBAC filters are match trees keyed on the caller
     # (envoy.rbac_matcher), with a rule for anyone (namespaces) in every caller's bucket.
     + tenant("t1") + policy("allow", f"{SERVICE}\n{TREE_RULES}", ns="t1")
-    + policy("deny", f"{SERVICE}\naction: DENY\nrules: [{{from: [{{source: {{principals: ['{client('t1')}']}}}}], to: [{{operation: {{paths: ['/api/secret*']}}}}]}}]", ns="t1")
+    + policy("deny", f"{SERVICE}\naction: DENY\n{TREE_DENY_RULES}", ns="t1")
     + tenant("jwt") + request_authentication("jwt")
     + policy("require", f"{GATEWAY}\nrules:\n- from: [{{source: {{requestPrincipals: ['{ISS1.name}/sub-1']}}}}]\n- to: [{{operation: {{paths: [/healthz]}}}}]\n"
              f"- from: [{{source: {{requestPrincipals: ['*']}}}}]\n  to: [{{operation: {{paths: ['/claims/*']}}}}]\n  when: [{{key: 'request.auth.claims[groups]', values: [admins]}}]", ns="jwt")
@@ -228,6 +238,9 @@ CASES = [
     ("main", "t1/intruder", "http://svc/public?x", "GET", [], "200"),  # the rule for anyone in t1
     ("main", "t1/client", "http://svc/public", "GET", [], "200"),
     ("main", "t1/intruder", "http://svc/private", "GET", [], "403"),
+    ("main", "t1/intruder", "http://svc/api/admin", "GET", [], "403"),  # the DENY tree, intruder's bucket
+    ("main", "t1/client", "http://svc/api/admin", "GET", [], "200"),
+    ("main", "t1/client", "http://svc/blocked", "GET", [], "403"),  # a DENY rule for anyone, in every bucket
     ("main", "jwt/client", "http://svc/", "GET", [], "403"),
     ("main", "jwt/client", "http://svc/healthz", "GET", [], "200"),
     ("main", "jwt/client", "http://svc/", "GET", bearer(ISS1.token(aud="svc-audience")), "200"),
@@ -309,6 +322,8 @@ def test_cli_check_names_the_deciding_policy_and_send_agrees(meshes):
     out = mesh.cli("x", "authz", "check", "--from", "t1/intruder", "http://svc/private", "--send").stdout
     assert "ns[t1]-policy[allow]-rule[1]" in out and "DENIED: 403" in out and "matches the prediction" in out, out
     t1 = next(p for p in mesh.state["proxies"] if p["name"] == "waypoint~t1~waypoint")
+    dump = mesh.cli("proxy-config", "listener", t1["name"], "-o", "json").stdout
+    assert dump.count('"exact_match_map"') >= 2, "t1's ALLOW and DENY filters should be match trees"
     deadline = time.monotonic() + 10
     while True:
         lines = mesh.cli("logs", t1["name"]).stdout.splitlines()

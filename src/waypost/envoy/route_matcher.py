@@ -44,9 +44,15 @@ def route_key(route: Mapping[str, Any]) -> str | None:
     return key
 
 
-def _under(key: str, bucket: str) -> bool:
-    """Whether a route with `key` can match a request whose longest key is `bucket`."""
-    return bucket == key or bucket.startswith(key + "/")
+def _above(bucket: str) -> list[str]:
+    """The paths a route's key may be for the route to match a request whose longest key is `bucket`:
+    the bucket and each of its "/"-bounded prefixes."""
+    out = [bucket]
+    at = bucket.rfind("/")
+    while at > 0:
+        out.append(bucket[:at])
+        at = bucket.rfind("/", 0, at)
+    return out
 
 
 def _route_list(routes: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -56,21 +62,23 @@ def _route_list(routes: list[Mapping[str, Any]]) -> dict[str, Any]:
 def compile_routes(routes: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The match tree for a virtual host's `routes` that picks the same route, or None (module doc)."""
     keys = [route_key(r) for r in routes]
-    distinct = sorted({k for k in keys if k is not None})
     if sum(k is not None for k in keys) < MIN_KEYED:
         return None
+    at: dict[str | None, list[int]] = {}
+    for i, k in enumerate(keys):
+        at.setdefault(k, []).append(i)
+    anyone = at.get(None, [])
     by_key: dict[str, Any] = {}
     total = 0
-    for bucket in distinct:
-        listed = [r for r, k in zip(routes, keys) if k is None or _under(k, bucket)]
+    for bucket in sorted(k for k in at if k is not None):
+        listed = sorted([i for key in _above(bucket) for i in at.get(key, ())] + anyone)
         total += len(listed)
         if total > MAX_FANOUT * len(routes):
             return None
-        by_key[bucket] = _route_list(listed)
+        by_key[bucket] = _route_list([routes[i] for i in listed])
     tree: dict[str, Any] = {"matcher_tree": {"input": header_input(":path"), "prefix_match_map": {"map": by_key}}}
-    anyone = [r for r, k in zip(routes, keys) if k is None]
     if anyone:
-        tree["on_no_match"] = _route_list(anyone)
+        tree["on_no_match"] = _route_list([routes[i] for i in anyone])
     return tree
 
 
