@@ -17,6 +17,9 @@ from waypost.api import load_text
 from waypost.envoy import rbac, rbac_matcher
 from waypost.envoy.evaluate import Attributes, rbac_engine, rbac_filter, rbac_tree_engine
 
+from tests.e2e.test_authorization import policy
+from tests.manifests import ambient_with_waypoint, echo_service
+
 PEER = "io.istio.peer_principal"
 CALLERS = ["cluster.local/ns/a/sa/x", "cluster.local/ns/a/sa/y", "cluster.local/ns/b/sa/x", "cluster.local/ns/b/sa/z"]
 PRINCIPAL_VALUES = CALLERS + ["cluster.local/ns/a/*", "*/sa/x", "*"]
@@ -190,29 +193,10 @@ def test_url_path_regexes_do_not_reach_into_the_query():
 
 
 def test_waypoints_patched_by_an_envoyfilter_keep_the_rules_istio_writes():
-    mesh = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: a, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: a}
-spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: a}
-spec: {selector: {app: b}, ports: [{name: http, port: 80}]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: p, namespace: a}
-spec:
-  targetRefs: [{kind: Service, group: '', name: svc}]
-  rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/x]}}]}, {from: [{source: {principals: [cluster.local/ns/a/sa/y]}}]},
-          {from: [{source: {principals: [cluster.local/ns/a/sa/z]}}]}, {to: [{operation: {methods: [GET]}}]}]
-"""
+    rules = ("targetRefs: [{kind: Service, group: '', name: svc}]\nrules: [{from: [{source: {principals: [cluster.local/ns/a/sa/x]}}]},"
+             " {from: [{source: {principals: [cluster.local/ns/a/sa/y]}}]}, {from: [{source: {principals: [cluster.local/ns/a/sa/z]}}]},"
+             " {to: [{operation: {methods: [GET]}}]}]")
+    mesh = ambient_with_waypoint("a") + echo_service("a") + policy("p", rules, ns="a")
     envoyfilter = """
 ---
 apiVersion: networking.istio.io/v1alpha3

@@ -63,28 +63,26 @@ TRUE: dict[str, Any] = {"_const": True}
 FALSE: dict[str, Any] = {"_const": False}
 
 
-def _and(preds: list[dict[str, Any]]) -> dict[str, Any]:
+def _combine(preds: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """`and_matcher`/`or_matcher` of `preds`, with TRUE and FALSE folded in."""
+    absorbing, neutral = (FALSE, TRUE) if kind == "and_matcher" else (TRUE, FALSE)
     out = []
     for p in preds:
-        if p is FALSE:
-            return FALSE
-        if p is not TRUE:
+        if p is absorbing:
+            return absorbing
+        if p is not neutral:
             out.append(p)
     if not out:
-        return TRUE
-    return out[0] if len(out) == 1 else {"and_matcher": {"predicate": out}}
+        return neutral
+    return out[0] if len(out) == 1 else {kind: {"predicate": out}}
+
+
+def _and(preds: list[dict[str, Any]]) -> dict[str, Any]:
+    return _combine(preds, "and_matcher")
 
 
 def _or(preds: list[dict[str, Any]]) -> dict[str, Any]:
-    out = []
-    for p in preds:
-        if p is TRUE:
-            return TRUE
-        if p is not FALSE:
-            out.append(p)
-    if not out:
-        return FALSE
-    return out[0] if len(out) == 1 else {"or_matcher": {"predicate": out}}
+    return _combine(preds, "or_matcher")
 
 
 def _not(p: dict[str, Any]) -> dict[str, Any]:
