@@ -192,11 +192,15 @@ def test_url_path_regexes_do_not_reach_into_the_query():
             assert expected == (path in matching), (value, path)
 
 
-def test_waypoints_patched_by_an_envoyfilter_keep_the_rules_istio_writes():
+def test_waypoints_patched_by_an_envoyfilter_keep_the_rules_and_routes_istio_writes():
     rules = ("targetRefs: [{kind: Service, group: '', name: svc}]\nrules: [{from: [{source: {principals: [cluster.local/ns/a/sa/x]}}]},"
              " {from: [{source: {principals: [cluster.local/ns/a/sa/y]}}]}, {from: [{source: {principals: [cluster.local/ns/a/sa/z]}}]},"
              " {to: [{operation: {methods: [GET]}}]}]")
-    mesh = ambient_with_waypoint("a") + echo_service("a") + policy("p", rules, ns="a")
+    routes = "".join(f"  - matches: [{{path: {{type: PathPrefix, value: /p{i}}}}}]\n    backendRefs: [{{name: svc, port: 80}}]\n" for i in range(8))
+    mesh = ambient_with_waypoint("a") + echo_service("a") + policy("p", rules, ns="a") + (
+        "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: a}\n"
+        f"spec:\n  parentRefs: [{{group: '', kind: Service, name: svc}}]\n  rules:\n{routes}"
+    )
     envoyfilter = """
 ---
 apiVersion: networking.istio.io/v1alpha3
@@ -212,7 +216,8 @@ spec:
     from waypost.envoy import translate
     from waypost.mesh import AddressPlan, build
 
-    def rbac_bodies(text: str) -> list[str]:
+    def forms(text: str) -> tuple[set[str], set[str]]:
+        """(RBAC filter bodies, the service's virtual host forms): "matcher" or "rules"/"routes"."""
         configs = translate(build(load_text(text).resources, AddressPlan(77)))
         found: list[str] = []
 
@@ -227,10 +232,12 @@ spec:
                     walk(v)
 
         walk([list(c.listeners) for c in configs.values()])
-        return found
+        hosts = {("matcher" if "matcher" in vh else "routes") for c in configs.values() for rc in c.routes
+                 if rc["name"].startswith("svc.a.") for vh in rc["virtual_hosts"]}
+        return set(found), hosts
 
-    assert set(rbac_bodies(mesh)) == {"matcher"}
-    assert set(rbac_bodies(mesh + envoyfilter)) == {"rules"}
+    assert forms(mesh) == ({"matcher"}, {"matcher"})
+    assert forms(mesh + envoyfilter) == ({"rules"}, {"routes"})
 
 
 def test_evaluator_reads_the_tree_like_envoy():
