@@ -97,7 +97,9 @@ def test_the_far_nodes_ztunnel_enforces_the_pods_l4_policy(mesh):
     mesh.cli("apply", "-f", str(path))
     try:
         assert mesh.request("nodes/client", "http://far-l7/").status == 200  # the waypoint's identity is allowed
-        with pytest.raises(RequestError, match="reset"):  # the client's own identity is not: node-1's ztunnel resets it
+        # the client's own identity is not: node-1's ztunnel closes it, and the client gets no answer (an EOF:
+        # tunnels pass an upstream reset on as a close, see envoy.bootstrap.RUNTIME; Istio's tests accept both)
+        with pytest.raises(RequestError, match="reset|disconnected without sending a response"):
             mesh.request("nodes/client", "http://far/")
         check = mesh.cli("x", "authz", "check", "--from", "nodes/client", "http://far/").stdout
         assert "destination ztunnel (ztunnel~node-1)" in check and "DENIED" in check.upper()

@@ -28,6 +28,22 @@ STATS_CONFIG: dict[str, Any] = {
 }
 
 
+# Since Envoy 1.38 a tunnelling tcp_proxy turns a reset of its CONNECT stream into a TCP reset of its
+# downstream. A destination that answers and closes (HTTP/1.0, `Connection: close`, a banner protocol)
+# ends the CONNECT stream with END_STREAM and then RST_STREAM(NO_ERROR) (the terminating HCM resets a stream
+# whose response completed first, as RFC 9113 §8.1 allows), so the source's tunnel reset its downstream and
+# the answer it still had to write was lost: on the ztunnel's L4 path in every run, through the waypoint's
+# TCP chains in some (traced: the `originate` internal listener's tcp_proxy closes with a reset after the
+# END_STREAM, then "propagating upstream RST to downstream" discards the unsent bytes;
+# tests/e2e/test_server_first_close.py). Off, a tunnel ends its downstream with a close after writing all
+# of it. The cost: a connection a destination ztunnel denies after its CONNECT 200 (network RBAC in the
+# inbound internal listener) now reaches the client as an EOF instead of a reset; Istio's conformance
+# tests accept either as a denial (shared/spec/istio-ambient-semantics.md §5.8).
+RUNTIME: dict[str, Any] = {
+    "layers": [{"name": "static", "static_layer": {"envoy.reloadable_features.propagate_upstream_rst_through_tunneled_tcp_proxy": False}}]
+}
+
+
 def bootstrap(node_id: str, cluster: str, admin: tuple[str, int], xds: tuple[str, int]) -> dict[str, Any]:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
@@ -36,6 +52,7 @@ def bootstrap(node_id: str, cluster: str, admin: tuple[str, int], xds: tuple[str
         # Histograms reach /stats/prometheus only when stats are flushed (default every 5 s).
         "stats_flush_interval": "1s",
         "stats_config": STATS_CONFIG,
+        "layered_runtime": RUNTIME,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
