@@ -54,10 +54,15 @@ def _allocate(
 
 def address_assignments(snapshot: MeshSnapshot) -> dict[str, str]:
     """The addresses of a snapshot in the form `build(previous=...)` accepts, to keep them across reloads."""
-    out = {f"pod/{w.key}": w.address for w in snapshot.workloads if w.kind == "Pod"}
-    out.update({f"svc/{s.key}": s.vip for s in snapshot.services})
-    out.update({f"waypoint/{w.ref}": w.address for w in snapshot.waypoints})
-    out.update({f"node/{name}": address for name, address in snapshot.node_addresses if name != DEFAULT_NODE})
+    return _assignments(snapshot.workloads, snapshot.services, snapshot.waypoints, dict(snapshot.node_addresses))
+
+
+def _assignments(workloads: Iterable[Workload], services: Iterable[Service], waypoints: Iterable[Waypoint], nodes: Mapping[str, str]) -> dict[str, str]:
+    """Pod, Service, waypoint and (non-default) node addresses by `kind/key` (`address_assignments`)."""
+    out = {f"pod/{w.key}": w.address for w in workloads if w.kind == "Pod"}
+    out.update({f"svc/{s.key}": s.vip for s in services})
+    out.update({f"waypoint/{w.ref}": w.address for w in waypoints})
+    out.update({f"node/{name}": address for name, address in nodes.items() if name != DEFAULT_NODE})
     return out
 
 
@@ -344,10 +349,7 @@ def _registry(of: Callable[[type], list], plan: AddressPlan, previous: Mapping[s
     # adding a node does not move the others' ztunnels. The default node's is the plan's first.
     other_nodes = sorted({w.node for w in workloads} - {DEFAULT_NODE})
     node_addresses = {DEFAULT_NODE: plan.ztunnel(0), **_allocate(other_nodes, previous, lambda i: plan.ztunnel(i + 1), "node")}
-    assigned = {f"pod/{w.key}": w.address for w in workloads if w.kind == "Pod"}
-    assigned.update({f"svc/{s.key}": s.vip for s in services.values()})
-    assigned.update({f"waypoint/{w.ref}": w.address for w in waypoints.values()})
-    assigned.update({f"node/{n}": node_addresses[n] for n in other_nodes})
+    assigned = _assignments(workloads, services.values(), waypoints.values(), node_addresses)
     return _Registry(inputs, dict(previous), assigned, plan, namespace_labels, waypoint_gateways, waypoints, workloads, services, statuses,
                      service_labels, (DEFAULT_NODE, *other_nodes), node_addresses)
 
