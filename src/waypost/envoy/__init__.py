@@ -56,7 +56,7 @@ def translate(snapshot: MeshSnapshot) -> dict[str, ProxyConfig]:
 
 def _waypoint(snapshot: MeshSnapshot, wp, r: dict[str, Any], cache: TranslationCache | None, patched_out: dict) -> ProxyConfig:
     listeners, clusters, routes, reports = tuple(r["listeners"]), tuple(r["clusters"]), tuple(r["routes"]), ()
-    selecting = tuple(f for f in snapshot.envoy_filters if f.selects_waypoint(wp.namespace, wp.name, snapshot.root_namespace))
+    selecting = snapshot.envoy_filters_for(wp)
     if selecting:
         # EnvoyFilter patches apply last, to the generated config, as istiod applies them (spec §8.3).
         inputs = (listeners, clusters, routes, selecting, snapshot.root_namespace)

@@ -272,7 +272,7 @@ class _Builder:
 HTTP_PORTS = ("HTTP", "HTTP2", "GRPC", "GRPC-Web", "UNKNOWN")  # ports with an HTTP chain, hence a route config
 
 
-def _service_routes_section(snapshot: MeshSnapshot, service: Service, trees: bool = True) -> Section:
+def _service_routes_section(snapshot: MeshSnapshot, service: Service, trees: bool) -> Section:
     """The route configs of one served service's HTTP ports and the clusters of the backends they name.
 
     A section of its own, apart from the service's chains (`_service_section`): a route change then
@@ -323,7 +323,7 @@ def _workload_labels(snapshot: MeshSnapshot, endpoint: Endpoint) -> dict[str, st
     return workload.label_map if workload is not None else {}
 
 
-def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service, trees: bool = True) -> Section:
+def _service_section(snapshot: MeshSnapshot, waypoint: Waypoint, service: Service, trees: bool) -> Section:
     """The chains and their clusters of one served service's ports (its routes: `_service_routes_section`)."""
     out = _Builder()
     add_cluster = out.add_cluster
@@ -466,7 +466,7 @@ def translate_cached(
     stale = reads.stale(diff) if reads is not None and diff is not None else None
     # RBAC filters and long route lists become equivalent match trees (rbac_matcher, route_matcher), except
     # where EnvoyFilter patches apply: they see the rules and route lists istiod would write.
-    trees = not any(f.selects_waypoint(waypoint.namespace, waypoint.name, snapshot.root_namespace) for f in snapshot.envoy_filters)
+    trees = not snapshot.envoy_filters_for(waypoint)
     for service in served_services(snapshot, waypoint):
         # Chains first: where two sections name one cluster, the first wins, as the chains' (ext_authz) did.
         parts.append(_section(memo, diff, stale, f"service/{service.key}", (waypoint, service, trees), lambda s, service=service: _service_section(s, waypoint, service, trees), snapshot, sections))

@@ -439,6 +439,11 @@ class MeshSnapshot:
     registry_memo: Any = field(default=None, compare=False, repr=False)  # build's workloads and services (build._Registry)
     status_memo: Any = field(default=None, compare=False, repr=False)  # build's policy statuses, by the objects they read
 
+    def envoy_filters_for(self, waypoint: Waypoint) -> tuple:
+        """The EnvoyFilters whose patches apply to `waypoint` (targetRefs to its Gateway, or to GatewayClass
+        istio-waypoint from the root namespace)."""
+        return tuple(f for f in self.envoy_filters if f.selects_waypoint(waypoint.namespace, waypoint.name, self.root_namespace))
+
     def ztunnel_address(self, node: str) -> str:
         """The address `build` allocated to `node`'s ztunnel (stable while the node exists)."""
         return next(address for name, address in self.node_addresses if name == node)
