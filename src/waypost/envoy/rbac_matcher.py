@@ -115,7 +115,7 @@ def _single(input_: dict[str, Any], match: Mapping[str, Any]) -> dict[str, Any]:
 def _string_match(m: Mapping[str, Any]) -> Mapping[str, Any]:
     """An Envoy StringMatcher the xds StringMatcher reads alike (same fields, same meaning)."""
     forms = [k for k in m if k != "ignore_case"]
-    if len(forms) != 1 or forms[0] not in _STRING_FORMS or set(m) - _STRING_FORMS - {"ignore_case"}:
+    if len(forms) != 1 or forms[0] not in _STRING_FORMS:
         raise Unsupported(f"string matcher {sorted(m)}")
     if forms[0] == "safe_regex" and set(m["safe_regex"]) != {"regex"}:
         raise Unsupported("regex matcher options")
