@@ -125,19 +125,17 @@ class CpuMeter:
         pid = self.pids[name]
         return tree_pids(pid) if name in self.trees else [pid]
 
-    def _read(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(p) for p in self._members(name)) for name in self.pids}
-
-    def _read_sleeps(self) -> dict[str, int]:
-        return {name: sum(sleeps(p) for p in self._members(name)) for name in self.pids}
+    def _read(self) -> tuple[dict[str, float], dict[str, int]]:
+        """(CPU seconds, sleeps) of each name, walking each process tree once."""
+        members = {name: self._members(name) for name in self.pids}
+        return ({name: sum(cpu_seconds(p) for p in pids) for name, pids in members.items()},
+                {name: sum(sleeps(p) for p in pids) for name, pids in members.items()})
 
     def start(self) -> None:
-        self._before = self._read()
-        self._sleeps_before = self._read_sleeps()
+        self._before, self._sleeps_before = self._read()
 
     def stop(self) -> dict[str, float]:
-        after = self._read()
-        slept = self._read_sleeps()
+        after, slept = self._read()
         self.sleeps = {name: slept[name] - self._sleeps_before.get(name, 0) for name in slept}
         return {name: after[name] - self._before.get(name, 0.0) for name in after}
 

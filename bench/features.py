@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 from common import CpuMeter, HERE, ensure_tools, mean, mesh_up, start_nginx, stop_process, table, wait_quiet, workdir, write_results, wrk
@@ -115,6 +113,12 @@ def main() -> int:
     return report(args, runs)
 
 
+# The summary table's columns (key, heading, format), here and in bench/RESULTS.md.
+COLUMNS = [("variant", "variant", ""), ("rps", "req/s", ".0f"), ("rps_of_full", "÷ full", ".0%"), ("p50_ms", "p50 ms", ".3f"),
+           ("waypoint_us", "waypoint µs/req", ".1f"), ("ztunnel_us", "ztunnel µs/req", ".1f"), ("path_us", "path µs/req", ".1f"),
+           ("d_waypoint_us", "Δ waypoint µs", "+.1f"), ("d_path_us", "Δ path µs", "+.1f")]
+
+
 def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> int:
     rows = []
     for key, (label, *_rest) in VARIANTS.items():
@@ -128,10 +132,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> int:
         row["d_path_us"] = row["path_us"] - full["path_us"]
         row["rps_of_full"] = row["rps"] / full["rps"]
     print(f"\n== per-feature cost, wrk -c16 at max rate, {args.rounds} round(s) of {args.seconds:g} s; means over rounds; Δ against `full`")
-    columns = [("variant", "variant", ""), ("rps", "req/s", ".0f"), ("rps_of_full", "÷ full", ".0%"), ("p50_ms", "p50 ms", ".3f"),
-               ("waypoint_us", "waypoint µs/req", ".1f"), ("ztunnel_us", "ztunnel µs/req", ".1f"), ("path_us", "path µs/req", ".1f"),
-               ("d_waypoint_us", "Δ waypoint µs", "+.1f"), ("d_path_us", "Δ path µs", "+.1f")]
-    print(table(rows, columns))
+    print(table(rows, COLUMNS))
     path = write_results("features", {"args": vars(args), "variants": {k: v[0] for k, v in VARIANTS.items()}, "summary": rows, "runs": runs})
     print(f"wrote {path.relative_to(HERE.parent)}")
     return 0

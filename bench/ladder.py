@@ -213,6 +213,8 @@ def http_get(url: str, close: bool = False) -> tuple[int, int]:
 # 0.32-0.34 ms added.
 SEQUENTIAL_RUNGS = ("direct", "bare", "l4", "waypoint", "policy")
 SPIKE_FULL_ADDED_P50_MS = (0.32, 0.34)
+SEQUENTIAL_COLUMNS = [("rung", "rung", ""), ("p50_ms", "p50 ms", ".3f"), ("p90_ms", "p90 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
+                      ("added_p50_ms", "added p50 ms", ".3f")]  # its table, here and in bench/RESULTS.md
 
 
 def sequential_latency(url: str, requests: int, warmup: int = 200) -> dict[str, float]:
@@ -480,8 +482,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], extra: dict[str
     seq = sequential_summary(extra["sequential_runs"])
     print(f"\nUnloaded latency, one sequential keep-alive client ({args.sequential} GETs per rung and round, the spike's method; "
           f"its full path added {SPIKE_FULL_ADDED_P50_MS[0]:.2f}-{SPIKE_FULL_ADDED_P50_MS[1]:.2f} ms p50):")
-    print(table(seq, [("rung", "rung", ""), ("p50_ms", "p50 ms", ".3f"), ("p90_ms", "p90 ms", ".3f"), ("p99_ms", "p99 ms", ".3f"),
-                      ("added_p50_ms", "added p50 ms", ".3f")]))
+    print(table(seq, SEQUENTIAL_COLUMNS))
     print("\nIdle CPU (cores, no traffic): " + ", ".join(f"{k} {v:.3f}" for k, v in extra["idle_cores"].items()))
 
     # Targets. The full mesh path is the `policy` rung; judged at 1000 rps on the worse of the connection counts.

@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 from common import HERE, RESULTS, machine, print_targets
+from features import COLUMNS as FEATURE_COLUMNS
+from ladder import SEQUENTIAL_COLUMNS
 
 NOTES = "<!-- notes: everything below is written by hand and kept when the file is regenerated -->"
 
@@ -84,8 +86,7 @@ def ladder_md(d: dict[str, Any]) -> list[str]:
         out += [f"**Unloaded latency, one sequential keep-alive client** ({a.get('sequential', 2000)} GETs per rung and round after 200 "
                 f"warm-up; the reference spike's method, shared `spec/envoy-dataplane.md` §5, whose hand-written full path added "
                 f"{low:.2f}-{high:.2f} ms p50 on this machine class)", "",
-                md_table(d["sequential_latency"], [("rung", "rung", ""), ("p50_ms", "p50 ms", ".3f"), ("p90_ms", "p90 ms", ".3f"),
-                                                   ("p99_ms", "p99 ms", ".3f"), ("added_p50_ms", "added p50 ms", ".3f")]), ""]
+                md_table(d["sequential_latency"], SEQUENTIAL_COLUMNS), ""]
     out += ["Idle CPU with no traffic (cores): " + ", ".join(f"{k} {v:.3f}" for k, v in d["idle_cores"].items()) + ".", ""]
     out += ["Per-request features in the proxies' config (from their /config_dump): "
             + "; ".join(f"{k}: " + ", ".join(f for f, on in v.items() if on) for k, v in d["features"].items()) + ".", ""]
@@ -162,9 +163,7 @@ def features_md(d: dict[str, Any]) -> list[str]:
         f"rate, {a['rounds']} rounds of {a['seconds']:g} s alternating the order; CPU per request from /proc; Δ against `full` "
         "in the same run. `plaintext upstream` = the Service's backend is outside the mesh, so the waypoint's second HBONE leg "
         "and the destination ztunnel drop out.", "",
-        md_table(d["summary"], [("variant", "variant", ""), ("rps", "req/s", ".0f"), ("rps_of_full", "÷ full", ".0%"),
-                                ("p50_ms", "p50 ms", ".3f"), ("waypoint_us", "waypoint µs/req", ".1f"), ("ztunnel_us", "ztunnel µs/req", ".1f"),
-                                ("path_us", "path µs/req", ".1f"), ("d_waypoint_us", "Δ waypoint µs", "+.1f"), ("d_path_us", "Δ path µs", "+.1f")]),
+        md_table(d["summary"], FEATURE_COLUMNS),
         "",
     ]
 
