@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from waypost.local.client import RequestError
 
+from tests.e2e.test_authorization import policy
 from tests.manifests import ambient_namespace, client, echo_service, waypoint
 
 pytestmark = pytest.mark.e2e
@@ -36,16 +37,8 @@ spec:
 )
 
 # L4 policy for the far pods: only the waypoint may reach them (a selector policy: the destination ztunnel's).
-ONLY_WAYPOINT = """
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: only-waypoint, namespace: nodes}
-spec:
-  selector: {matchLabels: {app: far}}
-  action: ALLOW
-  rules: [{from: [{source: {principals: [cluster.local/ns/nodes/sa/waypoint]}}]}]
-"""
+ONLY_WAYPOINT = policy("only-waypoint", "selector: {matchLabels: {app: far}}\naction: ALLOW\n"
+                       "rules: [{from: [{source: {principals: [cluster.local/ns/nodes/sa/waypoint]}}]}]", ns="nodes")
 
 
 @pytest.fixture(scope="module")
